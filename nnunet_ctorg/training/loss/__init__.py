@@ -1,0 +1,3 @@
+from nnunet_ctorg.training.loss.iou import SoftIoULoss
+
+__all__ = ["SoftIoULoss"]

@@ -1,0 +1,1 @@
+"""Postprocessing of predicted label maps (installed as ``nnunet_ctorg.postprocessing``)."""
