@@ -51,3 +51,23 @@ def same_geometry(a, b, tol: float = 1e-4) -> bool:
             and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
             and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def count_non_finite(path: str | os.PathLike) -> int:
+    """Number of NaN/inf voxels stored in an image file.
+
+    SimpleITK's NIfTI reader turns NaN into 0 without a word, so NIfTI files are read raw with
+    nibabel here; other formats go through SimpleITK.
+    """
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    else:
+        import SimpleITK as sitk
+
+        data = sitk.GetArrayViewFromImage(read_image(path))
+    if not np.issubdtype(data.dtype, np.floating):
+        return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))

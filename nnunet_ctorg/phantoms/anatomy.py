@@ -25,7 +25,7 @@ FIELDS_OF_VIEW: dict[str, tuple[float, float, float]] = {
 }
 
 AIR, FAT, MUSCLE, SKIN, WATER, GAS = -1000.0, -95.0, 50.0, 30.0, 8.0, -950.0
-CORTEX, CANCELLOUS = 900.0, 220.0
+CORTEX, CANCELLOUS = 650.0, 180.0
 
 # Mean HU of the soft organs: (non-contrast, portal-venous).
 ORGAN_HU: dict[str, tuple[float, float]] = {
@@ -55,6 +55,8 @@ class Phantom:
         structures: TotalSegmentator v2 structure ids (``STRUCTURE_IDS``), uint8, 0 = none.
         spacing: voxel size (x, y, z) in mm, SimpleITK order.
         origin: physical position (x, y, z) of voxel (0, 0, 0) in mm (LPS).
+        direction: SimpleITK direction cosines; diag(-1, -1, 1) as in NIfTI files of CT-ORG and
+            TotalSegmentator (array x runs to the patient's right, y to anterior).
         seed, fov, contrast: how it was generated.
     """
 
@@ -62,6 +64,7 @@ class Phantom:
     structures: np.ndarray
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
+    direction: tuple[float, ...]
     seed: int
     fov: str
     contrast: bool
@@ -96,6 +99,7 @@ class Phantom:
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
         return image
 
 
@@ -452,7 +456,7 @@ def generate_phantom(seed: int = 0, fov: str = "abdomen",
     for sign, side in ((1, "left"), (-1, "right")):
         cv.paint_bone_tube([(sign * 20, -front + 18, 302), (sign * 80, -front + 24, 294), (sign * 150, 0, 290)],
                            7.0, f"clavicula_{side}")
-        cv.paint_ellipsoid((sign * 105, 75, 390), (40, 6, 75), 600.0, f"scapula_{side}", _rotation("z", -sign * 25))
+        cv.paint_ellipsoid((sign * 105, 75, 390), (40, 6, 75), 400.0, f"scapula_{side}", _rotation("z", -sign * 25))
         if arms:
             cv.paint_bone_ellipsoid((sign * 232, 10, 306), (20, 20, 20), f"humerus_{side}")
             cv.paint_bone_tube([(sign * 236, 10, 310), (sign * 238, 10, 600)], 11.0, f"humerus_{side}",
@@ -489,5 +493,10 @@ def generate_phantom(seed: int = 0, fov: str = "abdomen",
         for z0 in range(0, ct.shape[0], 64):
             ct[z0:z0 + 64] += noise_hu * noise_rng.standard_normal(ct[z0:z0 + 64].shape, dtype=np.float32)
     ct = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
-    origin = (x0, y0, -s_bottom)  # physical z grows cranially: index 0 is the most caudal slice
-    return Phantom(ct=ct, structures=cv.labels, spacing=spacing, origin=origin, seed=seed, fov=fov, contrast=contrast)
+    # Store as NIfTI-derived CTs usually are: direction diag(-1, -1, 1), so x and y run backwards.
+    # Physical z grows cranially: index 0 is the most caudal slice.
+    ct = np.ascontiguousarray(ct[:, ::-1, ::-1])
+    structures = np.ascontiguousarray(cv.labels[:, ::-1, ::-1])
+    origin = (x0 + (nx - 1) * sx, y0 + (ny - 1) * sy, -s_bottom)
+    return Phantom(ct=ct, structures=structures, spacing=spacing, origin=origin, direction=(-1.0, 0.0, 0.0, 0.0, -1.0,
+                   0.0, 0.0, 0.0, 1.0), seed=seed, fov=fov, contrast=contrast)

@@ -94,6 +94,6 @@ class CTOrgIOUTrainer_demo(CTOrgIOUTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 20
-        self.num_iterations_per_epoch = 15
+        self.num_epochs = 30
+        self.num_iterations_per_epoch = 16
         self.num_val_iterations_per_epoch = 2

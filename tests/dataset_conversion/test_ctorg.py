@@ -1,0 +1,85 @@
+"""CT-ORG to nnU-Net conversion on phantoms, and its errors on bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+from nnunet_ctorg.phantoms.cli import generate_dataset
+
+SPACING = (8.0, 8.0, 10.0)
+
+
+@pytest.fixture()
+def ctorg_dir(tmp_path):
+    src = tmp_path / "ctorg"
+    generate_dataset("ctorg", str(src), 2, "abdomen", SPACING, first_id=0, progress=False)
+    generate_dataset("ctorg", str(src), 2, "abdomen", SPACING, first_id=21, progress=False)
+    return src
+
+
+def test_converts_with_ctorg_test_split_and_dataset_json(ctorg_dir, tmp_path):
+    out = convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, "CTORG")
+    assert out.name == "Dataset007_CTORG"
+    assert sorted(p.name for p in (out / "imagesTs").iterdir()) == ["ctorg_000_0000.nii.gz", "ctorg_001_0000.nii.gz"]
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["ctorg_021.nii.gz", "ctorg_022.nii.gz"]
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "CT"} and meta["numTraining"] == 2
+    assert meta["labels"]["liver"] == 1 and meta["labels"]["brain"] == 6
+    image = sitk.ReadImage(str(out / "imagesTr" / "ctorg_021_0000.nii.gz"))
+    label = sitk.ReadImage(str(out / "labelsTr" / "ctorg_021.nii.gz"))
+    assert label.GetPixelID() == sitk.sitkUInt8 and image.GetPixelID() == sitk.sitkInt16
+    assert image.GetDirection() == label.GetDirection() and image.GetOrigin() == label.GetOrigin()
+    src = sitk.ReadImage(str(ctorg_dir / "labels-21.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(src).astype(np.uint8))
+
+
+def _rewrite(path, fn):
+    image = sitk.ReadImage(str(path))
+    array = fn(sitk.GetArrayFromImage(image))
+    new = sitk.GetImageFromArray(array)
+    new.CopyInformation(image)
+    sitk.WriteImage(new, str(path))
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda a: np.where(a == 1, 1.4, a).astype(np.float32), "labels are not whole numbers"),
+    (lambda a: np.where(a == 1, 9, a).astype(np.float32), r"unexpected label values \[9\.0\]"),
+])
+def test_bad_labels_name_the_case(ctorg_dir, tmp_path, damage, match):
+    _rewrite(ctorg_dir / "labels-22.nii.gz", damage)
+    with pytest.raises(ValueError, match=f"CT-ORG case 22: {match}"):
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+
+
+def test_nan_in_ct_names_the_case(ctorg_dir, tmp_path):
+    def add_nan(a):
+        a = a.astype(np.float32)
+        a[a.shape[0] // 2, 5, 5] = np.nan
+        return a
+
+    _rewrite(ctorg_dir / "volume-1.nii.gz", add_nan)
+    with pytest.raises(ValueError, match="CT-ORG case 1: the CT contains 1 NaN"):
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+
+
+def test_geometry_mismatch_names_the_case(ctorg_dir, tmp_path):
+    image = sitk.ReadImage(str(ctorg_dir / "labels-21.nii.gz"))
+    image.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(ctorg_dir / "labels-21.nii.gz"))
+    with pytest.raises(ValueError, match="CT-ORG case 21: image and labels differ in geometry"):
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+
+
+def test_missing_or_corrupt_files(ctorg_dir, tmp_path):
+    (ctorg_dir / "labels-21.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="labels-21.nii.gz"):
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+    (ctorg_dir / "labels-21.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(ValueError, match="cannot be read"):
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a CT-ORG folder"):
+        convert_ctorg_dataset(tmp_path / "empty", tmp_path / "r", 7)

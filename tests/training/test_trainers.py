@@ -1,0 +1,152 @@
+"""Trainer discovery, picklability, signatures, the deep-supervision loss, and a real CPU run."""
+
+import inspect
+import json
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_ctorg.training import trainers as ours
+from nnunet_ctorg.training.loss import SoftIoULoss
+from tests.conftest import nnunet_command
+
+TRAINER_NAMES = ["CTOrgIOUTrainer", "CTOrgIOUCETrainer", "CTOrgIOUTrainer_5epochs", "CTOrgIOUTrainer_tiny",
+                 "CTOrgIOUTrainer_demo"]
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES)
+def test_nnunet_finds_the_installed_class_through_ext_trainer(name, nnunet_env):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    cls = recursive_find_trainer_class_by_name(name)
+    assert cls is getattr(ours, name)
+    assert cls.__module__ == "nnunet_ctorg.training.trainers"
+    assert pickle.loads(pickle.dumps(cls)) is cls
+
+
+def test_without_ext_trainer_nnunet_does_not_find_them(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    with pytest.raises(RuntimeError, match="Could not find"):
+        recursive_find_trainer_class_by_name("CTOrgIOUTrainer")
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES)
+def test_names_do_not_collide_with_nnunet_trainers(name):
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
+    assert recursive_find_python_class(folder, name, "nnunetv2.training.nnUNetTrainer") is None
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES)
+def test_init_signature_is_nnunets(name):
+    assert inspect.signature(getattr(ours, name).__init__) == inspect.signature(nnUNetTrainer.__init__)
+
+
+def test_env_command_prints_the_folder_with_the_reexport(monkeypatch):
+    from nnunet_ctorg.env import export_line, trainer_folder
+
+    assert (Path(trainer_folder()) / "ctorg_trainers.py").is_file()
+    line = export_line("bash", current=os.pathsep.join(["/elsewhere", trainer_folder()]))
+    assert line.startswith("export nnUNet_extTrainer=")
+    value = line.split("=", 1)[1].strip("'")
+    assert value.split(os.pathsep) == [trainer_folder(), "/elsewhere"]
+
+
+def _trainer(cls, raw_dataset: Path, preprocessed: Path):
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
+    return cls(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+
+
+@pytest.fixture()
+def planned_dataset(nnunet_env):
+    """A tiny CT-ORG phantom dataset, planned by nnU-Net (no preprocessing)."""
+    from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+    from nnunet_ctorg.phantoms.cli import generate_dataset
+
+    src = nnunet_env / "ctorg"
+    generate_dataset("ctorg", str(src), 5, "abdomen", (10.0, 10.0, 10.0), first_id=21, progress=False)
+    generate_dataset("ctorg", str(src), 1, "abdomen", (10.0, 10.0, 10.0), first_id=0, progress=False)
+    raw = convert_ctorg_dataset(src, nnunet_env / "nnUNet_raw", 990, "Tiny")
+    subprocess.run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "990", "-c", "3d_fullres", "-np", "1",
+                    "-npfp", "1", "--no_pbar"], check=True, capture_output=True, env=dict(os.environ))
+    return raw, nnunet_env / "nnUNet_preprocessed" / raw.name
+
+
+def test_iou_trainer_loss_is_iou_with_nnunets_deep_supervision_weights(planned_dataset):
+    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+    loss = trainer._build_loss()
+    assert isinstance(loss, DeepSupervisionWrapper)
+    n = len(trainer._get_deep_supervision_scales())
+    w = np.array([1 / 2**i for i in range(n)])
+    w[-1] = 0
+    assert np.allclose(loss.weight_factors, w / w.sum())
+    assert isinstance(loss.loss.dc, SoftIoULoss) and loss.loss.weight_ce == 0
+    assert loss.loss.dc.do_bg is True and loss.loss.dc.power == 1.0
+
+    rng = np.random.default_rng(0)
+    shapes = [(2, 7, 8 // 2**i or 1, 8 // 2**i or 1, 8 // 2**i or 1) for i in range(n)]
+    outputs = [torch.tensor(rng.normal(size=s), dtype=torch.float32) for s in shapes]
+    targets = [torch.as_tensor(rng.integers(0, 7, (s[0], 1, *s[2:]))) for s in shapes]
+    expected = sum(wi * float(loss.loss.dc(o, t)) for wi, o, t in zip(loss.weight_factors, outputs, targets))
+    assert float(loss(outputs, targets)) == pytest.approx(expected, rel=1e-5)
+
+    iou_ce = _trainer(ours.CTOrgIOUCETrainer, *planned_dataset)._build_loss()
+    assert iou_ce.loss.weight_ce == 1 and isinstance(iou_ce.loss.dc, SoftIoULoss)
+
+
+def test_trainers_pickle_with_their_state(planned_dataset):
+    trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+    clone = pickle.loads(pickle.dumps(trainer._build_loss()))
+    assert isinstance(clone.loss.dc, SoftIoULoss)
+    assert trainer.num_epochs == 2 and trainer.num_iterations_per_epoch == 4
+
+
+@pytest.mark.slow
+def test_nnunetv2_train_and_predict_commands_run_our_trainer_on_cpu(nnunet_env):
+    """Real CPU run through nnU-Net's own commands: checkpoint written, prediction readable and sane."""
+    import SimpleITK as sitk
+
+    from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+    from nnunet_ctorg.demo import add_cpu_demo_configuration
+    from nnunet_ctorg.phantoms.cli import generate_dataset
+
+    src = nnunet_env / "ctorg"
+    generate_dataset("ctorg", str(src), 5, "abdomen", (8.0, 8.0, 8.0), first_id=21, progress=False)
+    generate_dataset("ctorg", str(src), 1, "abdomen", (8.0, 8.0, 8.0), first_id=0, progress=False)
+    raw = convert_ctorg_dataset(src, nnunet_env / "nnUNet_raw", 991, "TinyTrain")
+    env = dict(os.environ)
+
+    def run(*cmd):
+        proc = subprocess.run([nnunet_command(cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    run("nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar")
+    add_cpu_demo_configuration(nnunet_env / "nnUNet_preprocessed" / raw.name / "nnUNetPlans.json")
+    out = run("nnUNetv2_train", "991", "3d_cpu_demo", "0", "-tr", "CTOrgIOUTrainer_tiny", "-device", "cpu")
+    assert "Using trainer 'CTOrgIOUTrainer_tiny'" in out
+    model = nnunet_env / "nnUNet_results" / raw.name / "CTOrgIOUTrainer_tiny__nnUNetPlans__3d_cpu_demo"
+    checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == "CTOrgIOUTrainer_tiny"
+    assert checkpoint["current_epoch"] == 2
+
+    pred_dir = nnunet_env / "pred"
+    run("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred_dir), "-d", "991", "-c", "3d_cpu_demo",
+        "-f", "0", "-tr", "CTOrgIOUTrainer_tiny", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1")
+    image = sitk.ReadImage(str(raw / "imagesTs" / "ctorg_000_0000.nii.gz"))
+    pred = sitk.ReadImage(str(pred_dir / "ctorg_000.nii.gz"))
+    assert pred.GetSize() == image.GetSize()
+    assert np.allclose(pred.GetSpacing(), image.GetSpacing()) and np.allclose(pred.GetOrigin(), image.GetOrigin())
+    assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(range(7))
