@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DEMO_DATASET_ID = 601
@@ -143,8 +144,10 @@ def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_process
 
     print("[5/5] evaluation", flush=True)
     summary_file = work_dir / "dice_summary.json"
-    compute_metrics_on_folder(str(raw / "labelsTs"), str(predictions), str(summary_file), SimpleITKIO(), ".nii.gz",
-                              [v for v in CTORG_LABELS.values() if v], num_processes=1)
+    with warnings.catch_warnings():  # nnU-Net warns about labels absent from every case (brain)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        compute_metrics_on_folder(str(raw / "labelsTs"), str(predictions), str(summary_file), SimpleITKIO(), ".nii.gz",
+                                  [v for v in CTORG_LABELS.values() if v], num_processes=1)
     summary = json.loads(summary_file.read_text())
     rows = dice_table(summary, CTORG_LABELS)
     print(f"\nDice on {n_test} held-out phantom(s) ({DEMO_TRAINER}, {DEMO_CONFIGURATION}):")
@@ -152,7 +155,8 @@ def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_process
     for name, mean, sd in rows:
         print(f"  {name:<10} {mean:6.3f} {sd:5.3f}")
     print(f"\nDone in {time.time() - t0:.0f} s. Outputs in {work_dir}:")
-    print(f"  predictions: {predictions}\n  model:       {model_dir}\n  metrics:     {summary_file}\n  log:         {log}")
+    for what, where in (("predictions", predictions), ("model", model_dir), ("metrics", summary_file), ("log", log)):
+        print(f"  {what + ':':<13}{where}")
     return summary_file
 
 

@@ -408,7 +408,8 @@ def generate_phantom(seed: int = 0, fov: str = "abdomen",
     kidney_hu = hu("kidney")
     for sign, name, s_c in ((-1, "kidney_right", 690.0), (1, "kidney_left", 672.0)):
         c = jit((sign * 72, 55, s_c))
-        cv.paint_ellipsoid(c, grow((30, 27, 55)), kidney_hu, name, _rotation("z", -sign * 20) @ _rotation("y", sign * 12))
+        tilt = _rotation("z", -sign * 20) @ _rotation("y", sign * 12)
+        cv.paint_ellipsoid(c, grow((30, 27, 55)), kidney_hu, name, tilt)
         cv.paint_ellipsoid(c + np.array([-sign * 16, -4, 0]), (10, 10, 22), WATER, None)
     pancreas = np.array([(90, 45, 630), (50, 15, 640), (10, 0, 648), (-30, -10, 660), (-40, -5, 685)])
     cv.paint_tube(pancreas + rng.normal(0, 3, pancreas.shape), grow([10, 12, 13, 16, 15]), hu("pancreas"), "pancreas")

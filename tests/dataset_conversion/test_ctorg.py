@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+
 from nnunet_ctorg.phantoms.cli import generate_dataset
 
 SPACING = (8.0, 8.0, 10.0)

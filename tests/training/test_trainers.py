@@ -73,6 +73,7 @@ def _trainer(cls, raw_dataset: Path, preprocessed: Path):
 def planned_dataset(nnunet_env):
     """A tiny CT-ORG phantom dataset, planned by nnU-Net (no preprocessing)."""
     from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+
     from nnunet_ctorg.phantoms.cli import generate_dataset
 
     src = nnunet_env / "ctorg"
@@ -117,8 +118,8 @@ def test_trainers_pickle_with_their_state(planned_dataset):
 def test_nnunetv2_train_and_predict_commands_run_our_trainer_on_cpu(nnunet_env):
     """Real CPU run through nnU-Net's own commands: checkpoint written, prediction readable and sane."""
     import SimpleITK as sitk
-
     from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+
     from nnunet_ctorg.demo import add_cpu_demo_configuration
     from nnunet_ctorg.phantoms.cli import generate_dataset
 
@@ -150,3 +151,13 @@ def test_nnunetv2_train_and_predict_commands_run_our_trainer_on_cpu(nnunet_env):
     assert pred.GetSize() == image.GetSize()
     assert np.allclose(pred.GetSpacing(), image.GetSpacing()) and np.allclose(pred.GetOrigin(), image.GetOrigin())
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(range(7))
+
+
+def test_demo_trainer_mirrors_in_training_but_not_at_inference(planned_dataset):
+    trainer = _trainer(ours.CTOrgIOUTrainer_demo, *planned_dataset)
+    *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert mirror_axes is not None and len(mirror_axes) == 3
+    assert trainer.inference_allowed_mirroring_axes is None
+    plain = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+    plain.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert plain.inference_allowed_mirroring_axes == mirror_axes
