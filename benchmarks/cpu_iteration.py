@@ -4,7 +4,7 @@ Both networks are built from the same plans file (the demo's, by default from a 
 ``nnunet_ctorg_demo`` run) and timed in the same run: forward + backward + SGD step with deep
 supervision on a batch of 2, torch using all cores. Prints seconds per iteration and their ratio.
 
-    python benchmarks/cpu_iteration.py [--plans nnunet_ctorg_demo/nnUNet_preprocessed/Dataset601_CTORGPhantom/nnUNetPlans_demo.json]
+    python benchmarks/cpu_iteration.py [--plans PLANS_JSON]
 """
 
 import argparse

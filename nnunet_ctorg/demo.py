@@ -39,6 +39,7 @@ def nnunet_environment(work_dir: Path) -> dict[str, str]:
         "nnUNet_results": str(work_dir / "nnUNet_results"),
         "nnUNet_extTrainer": ext_trainer_value(os.environ.get("nnUNet_extTrainer")),
         "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", str(min(os.cpu_count() or 1, 2))),
+        "MPLCONFIGDIR": str(work_dir / ".matplotlib"),  # nnU-Net's progress plot caches fonts there
     })
     return env
 

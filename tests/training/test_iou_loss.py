@@ -11,6 +11,8 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 
 from nnunet_ctorg.training.loss import SoftIoULoss
 
+# The loss sums in float32 like nnU-Net's Dice losses, so comparisons allow float32 rounding.
+
 
 def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
@@ -30,7 +32,7 @@ def test_equals_one_minus_iou_on_binary_inputs():
     rng = np.random.default_rng(0)
     for _ in range(20):
         p, y = rng.random(500) < 0.3, rng.random(500) < 0.4
-        assert iou_loss(p.astype(float), y.astype(float)) == pytest.approx(1 - binary_iou(p, y), abs=1e-12)
+        assert iou_loss(p.astype(float), y.astype(float)) == pytest.approx(1 - binary_iou(p, y), abs=1e-6)
 
 
 def test_multiclass_binary_prediction_averages_per_class_iou_including_background():
@@ -39,10 +41,10 @@ def test_multiclass_binary_prediction_averages_per_class_iou_including_backgroun
     x = torch.nn.functional.one_hot(torch.as_tensor(pred), 3).permute(0, 4, 1, 2, 3).double()
     loss = SoftIoULoss(apply_nonlin=None, do_bg=True, smooth=0.0, ddp=False)
     expected = 1 - np.mean([binary_iou(pred[b] == c, ref[b] == c) for b in range(2) for c in range(3)])
-    assert float(loss(x, torch.as_tensor(ref)[:, None])) == pytest.approx(expected, abs=1e-12)
+    assert float(loss(x, torch.as_tensor(ref)[:, None])) == pytest.approx(expected, abs=1e-6)
     no_bg = SoftIoULoss(apply_nonlin=None, do_bg=False, smooth=0.0, ddp=False)
     expected = 1 - np.mean([binary_iou(pred[b] == c, ref[b] == c) for b in range(2) for c in (1, 2)])
-    assert float(no_bg(x, torch.as_tensor(ref)[:, None])) == pytest.approx(expected, abs=1e-12)
+    assert float(no_bg(x, torch.as_tensor(ref)[:, None])) == pytest.approx(expected, abs=1e-6)
 
 
 def test_pure_false_negative_costs_eps_over_n():
@@ -50,7 +52,7 @@ def test_pure_false_negative_costs_eps_over_n():
     y = (rng.random(400) < 0.5).astype(float)
     p = y * rng.uniform(0.0, 1.0, 400)  # p <= y everywhere
     eps, n = np.abs(p - y).sum(), y.sum()
-    assert iou_loss(p, y) == pytest.approx(eps / n, rel=1e-10)
+    assert iou_loss(p, y) == pytest.approx(eps / n, rel=1e-6)
 
 
 def test_pure_false_positive_costs_eps_over_n_plus_eps():
@@ -58,7 +60,7 @@ def test_pure_false_positive_costs_eps_over_n_plus_eps():
     y = (rng.random(400) < 0.5).astype(float)
     p = np.maximum(y, rng.uniform(0.0, 1.0, 400))  # p >= y everywhere
     eps, n = np.abs(p - y).sum(), y.sum()
-    assert iou_loss(p, y) == pytest.approx(eps / (n + eps), rel=1e-10)
+    assert iou_loss(p, y) == pytest.approx(eps / (n + eps), rel=1e-6)
 
 
 def test_triangle_inequality_on_random_binary_triples():
@@ -67,7 +69,7 @@ def test_triangle_inequality_on_random_binary_triples():
         a, b, c = ((rng.random(30) < rng.uniform(0.1, 0.9)).astype(float) for _ in range(3))
         if min(a.sum(), b.sum(), c.sum()) == 0:
             continue
-        assert iou_loss(a, c) <= iou_loss(a, b) + iou_loss(b, c) + 1e-12
+        assert iou_loss(a, c) <= iou_loss(a, b) + iou_loss(b, c) + 1e-6
 
 
 def test_dice_loss_breaks_the_triangle_inequality_where_iou_keeps_it():
@@ -88,10 +90,10 @@ def test_power_family_equals_iou_on_binary_and_differs_on_soft_inputs(power):
     y = (rng.random(200) < 0.5).astype(float)
     p_bin = (rng.random(200) < 0.5).astype(float)
     loss_m = SoftIoULoss(apply_nonlin=None, smooth=0.0, ddp=False, power=power)
-    assert float(loss_m(as_input(p_bin), as_input(y))) == pytest.approx(iou_loss(p_bin, y), abs=1e-12)
+    assert float(loss_m(as_input(p_bin), as_input(y))) == pytest.approx(iou_loss(p_bin, y), abs=1e-6)
     p_soft = rng.uniform(0.05, 0.95, 200)
     expected = 1 - (p_soft**power * y).sum() / ((p_soft**power).sum() + y.sum() - (p_soft**power * y).sum())
-    assert float(loss_m(as_input(p_soft), as_input(y))) == pytest.approx(expected, rel=1e-10)
+    assert float(loss_m(as_input(p_soft), as_input(y))) == pytest.approx(expected, rel=1e-6)
     assert float(loss_m(as_input(p_soft), as_input(y))) != pytest.approx(iou_loss(p_soft, y), rel=1e-3)
 
 
@@ -129,7 +131,7 @@ def test_agrees_with_independent_implementation(batch_dice, do_bg, smooth, power
     loss = SoftIoULoss(softmax_helper_dim1, batch_dice=batch_dice, do_bg=do_bg, smooth=smooth, ddp=False,
                        power=power)
     ours = float(loss(torch.as_tensor(logits), torch.as_tensor(labels)))
-    assert ours == pytest.approx(reference_iou_loss(logits, labels, batch_dice, do_bg, smooth, power), rel=1e-9)
+    assert ours == pytest.approx(reference_iou_loss(logits, labels, batch_dice, do_bg, smooth, power), rel=1e-6)
 
 
 def test_loss_mask_excludes_voxels_and_their_gradient():
@@ -144,11 +146,11 @@ def test_loss_mask_excludes_voxels_and_their_gradient():
     assert torch.all(grad[~mask] == 0)
     assert torch.all(grad[mask] > 0)
     expected = reference_iou_loss(logits.detach().numpy(), labels.numpy(), False, True, 1e-5, 1.0, mask.numpy())
-    assert float(value) == pytest.approx(expected, rel=1e-9)
+    assert float(value) == pytest.approx(expected, rel=1e-6)
     # Whatever the network says on masked voxels does not change the loss.
     changed = logits.detach().clone()
     changed[~mask.expand_as(changed)] = 50.0
-    assert float(loss(changed, labels, loss_mask=mask)) == pytest.approx(float(value), rel=1e-12)
+    assert float(loss(changed, labels, loss_mask=mask)) == pytest.approx(float(value), rel=1e-6)
 
 
 def test_ignore_label_through_nnunet_compound_loss_gets_no_gradient():

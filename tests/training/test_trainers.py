@@ -65,6 +65,7 @@ def test_env_command_prints_the_folder_with_the_reexport(monkeypatch):
 
 def _trainer(cls, raw_dataset: Path, preprocessed: Path):
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # nnU-Net 2.8's run_training passes this through the plans
     dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
     return cls(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
 

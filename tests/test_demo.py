@@ -1,0 +1,40 @@
+"""Pieces of the demo command that are not exercised by the slow end-to-end training test."""
+
+import json
+
+import numpy as np
+
+from nnunet_ctorg.demo import add_cpu_demo_configuration, dice_table, nnunet_environment
+
+
+def test_cpu_demo_configuration_inherits_fullres_with_divisible_patch_and_small_network(tmp_path):
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 5, "features_per_stage": [32, 64, 128, 256, 320],
+                            "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 1]]},
+            "_kw_requires_import": []}
+    plans = {"configurations": {"3d_fullres": {"patch_size": [112, 80, 72], "architecture": arch}}}
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps(plans))
+    add_cpu_demo_configuration(path, max_patch=(64, 44, 48), base_features=8)
+    demo = json.loads(path.read_text())["configurations"]["3d_cpu_demo"]
+    assert demo["inherits_from"] == "3d_fullres"
+    assert demo["patch_size"] == [64, 32, 48]  # 44 rounds down to a multiple of 16, 48 of 8
+    assert demo["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64, 80]
+    assert json.loads(path.read_text())["configurations"]["3d_fullres"]["architecture"] == arch
+
+
+def test_dice_table_averages_per_organ_and_skips_absent_ones():
+    summary = {"metric_per_case": [
+        {"metrics": {"1": {"Dice": 0.8}, "2": {"Dice": float("nan")}}},
+        {"metrics": {"1": {"Dice": 0.6}, "2": {"Dice": float("nan")}}},
+    ]}
+    rows = dice_table(summary, {"background": 0, "liver": 1, "brain": 2})
+    assert len(rows) == 1 and rows[0][0] == "liver"
+    assert np.isclose(rows[0][1], 0.7) and np.isclose(rows[0][2], 0.1)
+
+
+def test_environment_keeps_everything_inside_the_work_folder(tmp_path):
+    env = nnunet_environment(tmp_path)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "MPLCONFIGDIR"):
+        assert env[name].startswith(str(tmp_path))
+    assert "trainers" in env["nnUNet_extTrainer"]
