@@ -1,20 +1,33 @@
 """CT-ORG (``volume-N.nii.gz`` / ``labels-N.nii.gz``) to an nnU-Net raw dataset.
 
-Cases 0-20 are CT-ORG's manually corrected test split and go to imagesTs/labelsTs.
-Labels are stored as floats in CT-ORG: they are rounded, and anything that is not one of
-the ids 0-6 after rounding is an error naming the case.
+Cases 0-20 are CT-ORG's manually corrected test split and go to imagesTs/labelsTs. Labels
+are stored as floats in CT-ORG: they are rounded, and anything but the ids 0-6 after
+rounding is an error naming the case. CT-ORG annotates liver, bladder, lungs, kidneys and
+bone in every case and the brain where it is in view: the record of a case lists the brain
+only when its label is present.
 """
 
 import re
 from collections.abc import Collection
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_ctorg.io import count_non_finite, read_image, same_geometry, write_image_atomic
-from nnunet_ctorg.labels import CTORG_LABELS
+from nnunet_ctorg.dataset_conversion.common import (
+    CaseJob,
+    check_label_values,
+    dataset_folder,
+    finish_dataset,
+    load_image_and_labels,
+    run_conversion,
+    write_case,
+)
+from nnunet_ctorg.label_scheme import LabelScheme
 
 CTORG_TEST_IDS = range(0, 21)
+CTORG_LABEL_VALUES = range(0, 7)
+CTORG_BRAIN = 6
 
 
 def find_ctorg_cases(source_dir: str | Path) -> list[int]:
@@ -29,56 +42,47 @@ def find_ctorg_cases(source_dir: str | Path) -> list[int]:
     return ids
 
 
-def convert_ctorg_case(volume_path: str | Path, labels_path: str | Path, image_out: str | Path,
-                       label_out: str | Path) -> None:
-    """Check and convert one CT-ORG case; raises ``ValueError`` naming the case on bad input."""
-    import SimpleITK as sitk
+def convert_ctorg_job(job: CaseJob, scheme: LabelScheme) -> None:
+    """Check, map and write one CT-ORG case."""
+    n = job.inputs["number"]
+    case = f"CT-ORG case {n}"
+    image, values = load_image_and_labels(Path(job.inputs["volume"]), Path(job.inputs["labels"]), case)
+    check_label_values(values, CTORG_LABEL_VALUES, case, "CT-ORG")
+    unified = scheme.lookup_table("ctorg", max(CTORG_LABEL_VALUES))[values]
+    present = set(np.unique(values).tolist())
+    annotated = [scheme.labels[o] for o in scheme.organs_of("ctorg")
+                 if o != "brain" or CTORG_BRAIN in present]
+    write_case(Path(job.inputs["out"]), job, image, unified,
+               {"source": "ctorg", "source_case": f"volume-{n}", "annotated": annotated})
 
-    case = "CT-ORG case " + Path(volume_path).name.removeprefix("volume-").split(".")[0]
-    image = read_image(volume_path, "CT-ORG volume")
-    label = read_image(labels_path, "CT-ORG labels")
-    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
-        raise ValueError(f"{case}: expected a 3-D CT, got size {image.GetSize()}")
-    if not same_geometry(image, label):
-        raise ValueError(f"{case}: image and labels differ in geometry (size {image.GetSize()} vs "
-                         f"{label.GetSize()}, spacing {image.GetSpacing()} vs {label.GetSpacing()})")
-    hu = sitk.GetArrayViewFromImage(image)
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and (bad := count_non_finite(volume_path)):
-        raise ValueError(f"{case}: the CT contains {bad} NaN or infinite values")
-    values = sitk.GetArrayFromImage(label)
-    rounded = np.rint(values)
-    if np.abs(values - rounded).max(initial=0) > 1e-3:
-        raise ValueError(f"{case}: labels are not whole numbers (e.g. {values[np.abs(values - rounded) > 1e-3][0]})")
-    unexpected = sorted(set(np.unique(rounded).tolist()) - set(CTORG_LABELS.values()))
-    if unexpected:
-        raise ValueError(f"{case}: unexpected label values {unexpected}; CT-ORG uses 0-6")
 
-    integral = np.array_equal(hu, np.rint(hu)) and hu.min() >= -32768 and hu.max() <= 32767
-    out_image = sitk.Cast(image, sitk.sitkInt16 if integral else sitk.sitkFloat32)
-    out_label = sitk.GetImageFromArray(rounded.astype(np.uint8))
-    out_label.CopyInformation(image)
-    write_image_atomic(out_label, label_out)
-    write_image_atomic(out_image, image_out)
+def ctorg_jobs(source_dir: Path, test_ids: Collection[int] = CTORG_TEST_IDS) -> list[CaseJob]:
+    jobs = []
+    for n in find_ctorg_cases(source_dir):
+        jobs.append(CaseJob(case=f"ctorg_{n:03d}", split="Ts" if n in test_ids else "Tr",
+                            inputs={"number": n, "volume": str(source_dir / f"volume-{n}.nii.gz"),
+                                    "labels": str(source_dir / f"labels-{n}.nii.gz")}))
+    return jobs
 
 
 def convert_ctorg_dataset(source_dir: str | Path, raw_dir: str | Path, dataset_id: int, name: str = "CTORG",
-                          test_ids: Collection[int] = CTORG_TEST_IDS) -> Path:
-    """Convert a CT-ORG folder into ``raw_dir/DatasetXXX_name``; returns that folder."""
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+                          test_ids: Collection[int] = CTORG_TEST_IDS, scheme: LabelScheme | None = None,
+                          num_processes: int = 1, strict: bool = True, progress: bool = False) -> Path:
+    """Convert a CT-ORG folder into ``raw_dir/DatasetXXX_name``; returns that folder.
 
-    if not 1 <= dataset_id <= 999:
-        raise ValueError(f"dataset id must be in 1..999, got {dataset_id}")
+    With ``strict`` (the default for this function) the first bad case raises its error;
+    otherwise bad cases are skipped and listed in ``conversion_summary.json``.
+    """
+    from nnunet_ctorg.dataset_conversion.common import check_labels_file, print_summary
+
+    scheme = scheme or LabelScheme.load(None)
     source_dir = Path(source_dir)
-    out = Path(raw_dir) / f"Dataset{dataset_id:03d}_{name}"
-    n_train = 0
-    for n in find_ctorg_cases(source_dir):
-        split = "Ts" if n in test_ids else "Tr"
-        n_train += split == "Tr"
-        case = f"ctorg_{n:03d}"
-        convert_ctorg_case(source_dir / f"volume-{n}.nii.gz", source_dir / f"labels-{n}.nii.gz",
-                           out / f"images{split}" / f"{case}_0000.nii.gz", out / f"labels{split}" / f"{case}.nii.gz")
-    generate_dataset_json(str(out), channel_names={0: "CT"}, labels=CTORG_LABELS, num_training_cases=n_train,
-                          file_ending=".nii.gz", dataset_name=out.name,
-                          description="CT-ORG (Rister et al. 2020) converted by nnunet-ctorg",
-                          reference="https://doi.org/10.1038/s41597-020-00715-8", license="CC BY 3.0")
+    out = dataset_folder(Path(raw_dir), dataset_id, name)
+    check_labels_file(out, scheme)
+    summary = run_conversion(ctorg_jobs(source_dir, test_ids), partial(convert_ctorg_job, scheme=scheme), out,
+                             num_processes, strict, "CT-ORG", progress)
+    finish_dataset(out, scheme, "CT-ORG (Rister et al. 2020) converted by nnunet-ctorg",
+                   "https://doi.org/10.1038/s41597-020-00715-8", "CC BY 3.0")
+    if progress:
+        print_summary(summary, out)
     return out

@@ -1,6 +1,5 @@
 """Shared fixtures: a synthetic CT phantom, the real CT of ../shared, and a tiny nnU-Net dataset."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,30 @@ def real_ct_dir() -> Path:
     return REAL_CT_DIR
 
 
-@pytest.fixture()
-def nnunet_env(tmp_path, monkeypatch) -> Path:
-    """nnU-Net's three folders inside a temporary folder, and our trainers findable."""
+def _set_nnunet_env(root: Path, mp: pytest.MonkeyPatch) -> Path:
     from nnunet_ctorg.env import trainer_folder
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    monkeypatch.setenv("nnUNet_extTrainer", trainer_folder())
-    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    return tmp_path
+        (root / name).mkdir(exist_ok=True)
+        mp.setenv(name, str(root / name))
+    mp.setenv("nnUNet_extTrainer", trainer_folder())
+    mp.setenv("nnUNet_n_proc_DA", "1")
+    mp.setenv("nnUNet_def_n_proc", "1")
+    mp.setenv("MPLCONFIGDIR", str(root / ".matplotlib"))
+    return root
+
+
+@pytest.fixture()
+def nnunet_env(tmp_path, monkeypatch) -> Path:
+    """nnU-Net's three folders inside a temporary folder, and our trainers findable."""
+    return _set_nnunet_env(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_nnunet_env(tmp_path_factory) -> Path:
+    """``nnunet_env`` shared by the tests of one module (for data that is slow to plan)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _set_nnunet_env(tmp_path_factory.mktemp("nnunet"), mp)
 
 
 def nnunet_command(name: str) -> str:
@@ -44,7 +55,3 @@ def nnunet_command(name: str) -> str:
 
     local = Path(sys.executable).parent / name
     return str(local) if local.is_file() else name
-
-
-def child_env() -> dict[str, str]:
-    return dict(os.environ)

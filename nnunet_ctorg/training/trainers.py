@@ -91,14 +91,14 @@ class CTOrgIOUTrainer_tiny(CTOrgIOUTrainer):
 class CTOrgIOUTrainer_demo(CTOrgIOUTrainer):
     """The README demo's budget: a short CPU run that still learns the large organs.
 
-    480 iterations, and no mirroring test-time augmentation at inference (8x fewer network
+    720 iterations, and no mirroring test-time augmentation at inference (8x fewer network
     passes in the final validation and in ``nnUNetv2_predict``); training still mirrors.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 30
+        self.num_epochs = 45
         self.num_iterations_per_epoch = 16
         self.num_val_iterations_per_epoch = 2
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
 
+from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
 from nnunet_ctorg.phantoms.cli import generate_dataset
 
 SPACING = (8.0, 8.0, 10.0)
@@ -34,6 +34,33 @@ def test_converts_with_ctorg_test_split_and_dataset_json(ctorg_dir, tmp_path):
     assert image.GetDirection() == label.GetDirection() and image.GetOrigin() == label.GetOrigin()
     src = sitk.ReadImage(str(ctorg_dir / "labels-21.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(src).astype(np.uint8))
+    record = json.loads((out / "annotations" / "ctorg_021.json").read_text())
+    assert record["source"] == "ctorg" and record["annotated"] == [1, 2, 3, 4, 5]  # abdomen: no brain
+
+
+def test_brain_is_annotated_only_where_present(tmp_path):
+    src = tmp_path / "ctorg"
+    generate_dataset("ctorg", str(src), 1, "head_knee", (12.0, 12.0, 15.0), first_id=30, progress=False)
+    out = convert_ctorg_dataset(src, tmp_path / "raw", 8)
+    assert json.loads((out / "annotations" / "ctorg_030.json").read_text())["annotated"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_skips_bad_cases_unless_strict_and_resumes(ctorg_dir, tmp_path):
+    _rewrite(ctorg_dir / "labels-22.nii.gz", lambda a: np.where(a == 1, 9, a).astype(np.float32))
+    out = convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=False)
+    assert not (out / "labelsTr" / "ctorg_022.nii.gz").exists()
+    assert not (out / "annotations" / "ctorg_022.json").exists()
+    assert (out / "labelsTr" / "ctorg_021.nii.gz").exists()
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
+    mtime = (out / "imagesTr" / "ctorg_021_0000.nii.gz").stat().st_mtime_ns
+    convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=False)
+    assert (out / "imagesTr" / "ctorg_021_0000.nii.gz").stat().st_mtime_ns == mtime  # skipped, not rewritten
+
+
+def test_refuses_a_used_dataset_id(ctorg_dir, tmp_path):
+    (tmp_path / "raw" / "Dataset007_Other").mkdir(parents=True)
+    with pytest.raises(ValueError, match="already used by .*Dataset007_Other"):
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
 
 
 def _rewrite(path, fn):
@@ -46,7 +73,7 @@ def _rewrite(path, fn):
 
 @pytest.mark.parametrize("damage,match", [
     (lambda a: np.where(a == 1, 1.4, a).astype(np.float32), "labels are not whole numbers"),
-    (lambda a: np.where(a == 1, 9, a).astype(np.float32), r"unexpected label values \[9\.0\]"),
+    (lambda a: np.where(a == 1, 9, a).astype(np.float32), r"unexpected label values \[9\]"),
 ])
 def test_bad_labels_name_the_case(ctorg_dir, tmp_path, damage, match):
     _rewrite(ctorg_dir / "labels-22.nii.gz", damage)
@@ -69,16 +96,16 @@ def test_geometry_mismatch_names_the_case(ctorg_dir, tmp_path):
     image = sitk.ReadImage(str(ctorg_dir / "labels-21.nii.gz"))
     image.SetSpacing((1.0, 1.0, 1.0))
     sitk.WriteImage(image, str(ctorg_dir / "labels-21.nii.gz"))
-    with pytest.raises(ValueError, match="CT-ORG case 21: image and labels differ in geometry"):
+    with pytest.raises(ValueError, match="CT-ORG case 21: image and label map differ in geometry"):
         convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
 
 
 def test_missing_or_corrupt_files(ctorg_dir, tmp_path):
     (ctorg_dir / "labels-21.nii.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="labels-21.nii.gz"):
+    with pytest.raises(ValueError, match="CT-ORG case 21: label map not found: .*labels-21.nii.gz"):
         convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
     (ctorg_dir / "labels-21.nii.gz").write_bytes(b"not a nifti")
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="CT-ORG case 21: label map .* cannot be read"):
         convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a CT-ORG folder"):

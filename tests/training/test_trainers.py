@@ -70,11 +70,11 @@ def _trainer(cls, raw_dataset: Path, preprocessed: Path):
     return cls(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
 
 
-@pytest.fixture()
-def planned_dataset(nnunet_env):
+@pytest.fixture(scope="module")
+def planned_dataset(module_nnunet_env):
     """A tiny CT-ORG phantom dataset, planned by nnU-Net (no preprocessing)."""
+    nnunet_env = module_nnunet_env
     from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
-
     from nnunet_ctorg.phantoms.cli import generate_dataset
 
     src = nnunet_env / "ctorg"
@@ -82,7 +82,7 @@ def planned_dataset(nnunet_env):
     generate_dataset("ctorg", str(src), 1, "abdomen", (10.0, 10.0, 10.0), first_id=0, progress=False)
     raw = convert_ctorg_dataset(src, nnunet_env / "nnUNet_raw", 990, "Tiny")
     subprocess.run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "990", "-c", "3d_fullres", "-np", "1",
-                    "-npfp", "1", "--no_pbar"], check=True, capture_output=True, env=dict(os.environ))
+                    "-npfp", "1", "--no_pbar", "--no_pp"], check=True, capture_output=True, env=dict(os.environ))
     return raw, nnunet_env / "nnUNet_preprocessed" / raw.name
 
 
@@ -119,8 +119,8 @@ def test_trainers_pickle_with_their_state(planned_dataset):
 def test_nnunetv2_train_and_predict_commands_run_our_trainer_on_cpu(nnunet_env):
     """Real CPU run through nnU-Net's own commands: checkpoint written, prediction readable and sane."""
     import SimpleITK as sitk
-    from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
 
+    from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
     from nnunet_ctorg.demo import add_cpu_demo_configuration
     from nnunet_ctorg.phantoms.cli import generate_dataset
 

@@ -1,0 +1,225 @@
+"""Machinery shared by the dataset converters: checked reading, atomic per-case output,
+resumable parallel batches with a summary, and the dataset-level files.
+
+Output layout (nnU-Net raw format plus one record per case)::
+
+    DatasetXXX_Name/imagesTr/CASE_0000.nii.gz   labelsTr/CASE.nii.gz   (imagesTs/labelsTs alike)
+    DatasetXXX_Name/annotations/CASE.json        which unified labels the source annotates
+    DatasetXXX_Name/annotated_labels.json        all records, written at the end
+    DatasetXXX_Name/dataset.json                 nnU-Net's generate_dataset_json
+"""
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_ctorg.io import count_non_finite, read_image, same_geometry, write_image_atomic, write_text_atomic
+from nnunet_ctorg.label_scheme import LabelScheme
+
+
+@dataclass
+class CaseJob:
+    """One case to convert: its nnU-Net id, split ("Tr"/"Ts") and source files."""
+
+    case: str
+    split: str
+    inputs: dict[str, object] = field(default_factory=dict)
+
+
+def raw_root(raw_dir: str | Path | None) -> Path:
+    """``raw_dir`` or ``$nnUNet_raw``; a clear error when neither is given."""
+    value = raw_dir if raw_dir is not None else os.environ.get("nnUNet_raw")
+    if not value:
+        raise ValueError("no output folder: set nnUNet_raw or pass -o RAW_DIR")
+    return Path(value)
+
+
+def dataset_folder(raw_dir: Path, dataset_id: int, name: str) -> Path:
+    """``raw_dir/DatasetXXX_name``; refuses an id already used by a dataset of another name."""
+    if not 1 <= dataset_id <= 999:
+        raise ValueError(f"dataset id must be in 1..999, got {dataset_id}")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"dataset name must be letters, digits, '-' or '_', got {name!r}")
+    out = raw_dir / f"Dataset{dataset_id:03d}_{name}"
+    if raw_dir.is_dir():
+        for other in raw_dir.glob(f"Dataset{dataset_id:03d}_*"):
+            if other.name != out.name:
+                raise ValueError(f"dataset id {dataset_id} is already used by {other}; choose another -d")
+    return out
+
+
+def check_labels_file(out: Path, scheme: LabelScheme) -> None:
+    """Refuse to add cases to an existing dataset whose dataset.json has other labels."""
+    existing = out / "dataset.json"
+    if existing.is_file():
+        labels = json.loads(existing.read_text()).get("labels", {})
+        if {k: v for k, v in labels.items() if k != "ignore"} != scheme.labels:
+            raise ValueError(f"{out} exists with other labels ({labels}); use another dataset id or remove it")
+
+
+def load_image_and_labels(image_path: Path, label_path: Path, case: str):
+    """Read a CT and its label map and check them; returns (image, label array)."""
+    import SimpleITK as sitk
+
+    image = read_image(image_path, f"{case}: image")
+    label = read_image(label_path, f"{case}: label map")
+    for what, img in (("image", image), ("label map", label)):
+        if img.GetDimension() != 3 or min(img.GetSize()) < 2:
+            raise ValueError(f"{case}: the {what} must be 3-D, got size {img.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{case}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if not same_geometry(image, label):
+        raise ValueError(f"{case}: image and label map differ in geometry (size {image.GetSize()} vs "
+                         f"{label.GetSize()}, spacing {np.round(image.GetSpacing(), 4)} vs "
+                         f"{np.round(label.GetSpacing(), 4)}, origin {np.round(image.GetOrigin(), 3)} vs "
+                         f"{np.round(label.GetOrigin(), 3)})")
+    check_finite(image, image_path, case)
+    values = sitk.GetArrayFromImage(label)
+    if np.issubdtype(values.dtype, np.floating):
+        rounded = np.rint(values)
+        if np.abs(values - rounded).max(initial=0) > 1e-3:
+            bad = values[np.abs(values - rounded) > 1e-3][0]
+            raise ValueError(f"{case}: labels are not whole numbers (e.g. {bad})")
+        values = rounded
+    return image, values.astype(np.int64)
+
+
+def check_finite(image, path: Path, case: str) -> None:
+    import SimpleITK as sitk
+
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and (bad := count_non_finite(path)):
+        raise ValueError(f"{case}: the CT contains {bad} NaN or infinite values")
+
+
+def check_label_values(values: np.ndarray, allowed: Sequence[int], case: str, source: str) -> None:
+    unexpected = sorted(set(np.unique(values).tolist()) - set(allowed))
+    if unexpected:
+        raise ValueError(f"{case}: unexpected label values {unexpected}; {source} uses {sorted(allowed)}")
+
+
+def ct_for_nnunet(image):
+    """The CT as int16 when it holds whole HU values in range, else float32."""
+    import SimpleITK as sitk
+
+    hu = sitk.GetArrayViewFromImage(image)
+    whole = np.array_equal(hu, np.rint(hu)) and hu.min() >= -32768 and hu.max() <= 32767
+    return sitk.Cast(image, sitk.sitkInt16 if whole else sitk.sitkFloat32)
+
+
+def case_paths(out: Path, job: CaseJob) -> tuple[Path, Path, Path]:
+    return (out / f"images{job.split}" / f"{job.case}_0000.nii.gz", out / f"labels{job.split}" / f"{job.case}.nii.gz",
+            out / "annotations" / f"{job.case}.json")
+
+
+def case_is_done(out: Path, job: CaseJob) -> bool:
+    """All three outputs exist, their headers read and image and labels share geometry."""
+    import SimpleITK as sitk
+
+    image, label, record = case_paths(out, job)
+    if not (image.is_file() and label.is_file() and record.is_file()):
+        return False
+    try:
+        headers = []
+        for path in (image, label):
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            headers.append((reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()))
+        json.loads(record.read_text())
+    except (RuntimeError, ValueError):
+        return False
+    return headers[0][0] == headers[1][0] and np.allclose(headers[0][1], headers[1][1], atol=1e-4) \
+        and np.allclose(headers[0][2], headers[1][2], atol=1e-3) and np.allclose(headers[0][3], headers[1][3])
+
+
+def write_case(out: Path, job: CaseJob, image, labels: np.ndarray, record: dict) -> None:
+    """Write labels, record and image atomically (the image last: it marks the case done)."""
+    import SimpleITK as sitk
+
+    image_path, label_path, record_path = case_paths(out, job)
+    label = sitk.GetImageFromArray(labels.astype(np.uint8))
+    label.CopyInformation(image)
+    write_image_atomic(label, label_path)
+    write_text_atomic(json.dumps({"case": job.case, **record}, indent=1), record_path)
+    write_image_atomic(ct_for_nnunet(image), image_path)
+
+
+def _run_job(convert: Callable[[CaseJob], None], job: CaseJob) -> tuple[str, str | None]:
+    try:
+        convert(job)
+    except (ValueError, FileNotFoundError) as e:
+        for path in case_paths(Path(job.inputs["out"]), job):  # no partial case stays behind
+            path.unlink(missing_ok=True)
+        return job.case, str(e)
+    return job.case, None
+
+
+def run_conversion(jobs: list[CaseJob], convert: Callable[[CaseJob], None], out: Path, num_processes: int = 1,
+                   strict: bool = False, desc: str = "converting", progress: bool = True) -> dict:
+    """Convert ``jobs`` (skipping finished cases) in ``num_processes`` workers; returns the summary.
+
+    A bad case is reported and skipped, or with ``strict`` stops the run with its error.
+    """
+    from functools import partial
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    if num_processes < 1:
+        raise ValueError(f"number of processes must be >= 1, got {num_processes}")
+    for job in jobs:
+        job.inputs["out"] = str(out)
+    todo = [j for j in jobs if not case_is_done(out, j)]
+    summary = {"written": [], "skipped": [j.case for j in jobs if j not in todo], "failed": {}}
+    work = partial(_run_job, convert)
+    bar = tqdm(total=len(todo), desc=desc, unit="case", disable=not progress)
+
+    def collect(results):
+        for case, error in results:
+            bar.update()
+            if error is None:
+                summary["written"].append(case)
+                continue
+            if strict:
+                raise ValueError(error)
+            summary["failed"][case] = error
+            bar.write(f"skipped {error}")
+
+    try:
+        if num_processes == 1 or len(todo) <= 1:
+            collect(map(work, todo))
+        else:
+            with get_context("spawn").Pool(min(num_processes, len(todo))) as pool:
+                collect(pool.imap_unordered(work, todo))
+    finally:
+        bar.close()
+    return summary
+
+
+def finish_dataset(out: Path, scheme: LabelScheme, description: str, reference: str = "", license: str = "",
+                   extra_labels: dict[str, int] | None = None) -> None:
+    """Write dataset.json (nnU-Net's generator) and the collected per-case annotation records."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    n_train = len(list((out / "labelsTr").glob("*.nii.gz"))) if (out / "labelsTr").is_dir() else 0
+    records = {}
+    for path in sorted((out / "annotations").glob("*.json")) if (out / "annotations").is_dir() else []:
+        record = json.loads(path.read_text())
+        records[record["case"]] = record
+    write_text_atomic(json.dumps(records, indent=1), out / "annotated_labels.json")
+    generate_dataset_json(str(out), channel_names={0: "CT"}, labels={**scheme.labels, **(extra_labels or {})},
+                          num_training_cases=n_train, file_ending=".nii.gz", dataset_name=out.name,
+                          description=description, reference=reference, license=license,
+                          converted_by="nnunet-ctorg")
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    print(f"{len(summary['written'])} case(s) written, {len(summary['skipped'])} already there, "
+          f"{len(summary['failed'])} failed -> {out}")
+    for case, error in summary["failed"].items():
+        print(f"  failed {case}: {error}")
+    write_text_atomic(json.dumps(summary, indent=1), out / "conversion_summary.json")

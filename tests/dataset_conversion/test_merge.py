@@ -1,0 +1,103 @@
+"""Merging converted datasets, the unannotated-organ strategies, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ctorg.body import body_mask
+from nnunet_ctorg.dataset_conversion.abdomenct1k import convert_abdomenct1k_dataset
+from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+from nnunet_ctorg.dataset_conversion.merge import merge_datasets
+from nnunet_ctorg.dataset_conversion.totalsegmentator import convert_totalseg_dataset
+from nnunet_ctorg.phantoms.cli import generate_dataset
+
+SPACING = (8.0, 8.0, 10.0)
+
+
+@pytest.fixture()
+def three_sources(tmp_path, nnunet_env):
+    raw = nnunet_env / "nnUNet_raw"
+    generate_dataset("ctorg", str(tmp_path / "ct"), 2, "abdomen", SPACING, first_id=20, seed=1, progress=False)
+    generate_dataset("abdomenct1k", str(tmp_path / "ab"), 2, "abdomen", SPACING, seed=11, progress=False)
+    generate_dataset("totalseg", str(tmp_path / "ts"), 3, "abdomen", SPACING, seed=21, progress=False)
+    convert_ctorg_dataset(tmp_path / "ct", raw, 31)
+    convert_abdomenct1k_dataset(tmp_path / "ab", raw, 32)
+    convert_totalseg_dataset(tmp_path / "ts", raw, 33)
+    return raw
+
+
+def read(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_ignore_label_appears_exactly_where_organs_are_unknown(three_sources, nnunet_env):
+    out = merge_datasets([31, 32, 33], three_sources, 40, "Merged", "ignore")
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"]["ignore"] == 9 and meta["numTraining"] == 1 + 2 + 2
+    src = three_sources / "Dataset032_AbdomenCT1K"
+    for case, source in (("abdomenct1k_00001", src), ("ctorg_021", three_sources / "Dataset031_CTORG")):
+        merged, original = read(out / "labelsTr" / f"{case}.nii.gz"), read(source / "labelsTr" / f"{case}.nii.gz")
+        body = body_mask(read(source / "imagesTr" / f"{case}_0000.nii.gz").astype(np.float32))
+        expected = np.where((original == 0) & body, 9, original)
+        assert np.array_equal(merged, expected)
+        assert (merged == 9).any() and not (merged[~body] == 9).any()
+    # TotalSegmentator annotates every organ: nothing is unknown, nothing is ignored
+    ts = read(out / "labelsTr" / "totalseg_s0000.nii.gz")
+    ts_source = three_sources / "Dataset033_TotalSegmentator" / "labelsTr" / "totalseg_s0000.nii.gz"
+    assert np.array_equal(ts, read(ts_source))
+    record = json.loads((out / "annotations" / "abdomenct1k_00001.json").read_text())
+    assert record["merged_from"] == "Dataset032_AbdomenCT1K" and record["unannotated"] == "ignore"
+    assert (out / "imagesTs" / "ctorg_020_0000.nii.gz").is_file()
+    splits = json.loads((nnunet_env / "nnUNet_preprocessed" / out.name / "splits_final.json").read_text())
+    assert splits == [{"train": ["abdomenct1k_00001", "abdomenct1k_00002", "ctorg_021", "totalseg_s0000"],
+                       "val": ["totalseg_s0001"]}]
+
+
+def test_background_strategy_copies_labels(three_sources):
+    out = merge_datasets([31, 32], three_sources, 41, "Naive", "background")
+    assert "ignore" not in json.loads((out / "dataset.json").read_text())["labels"]
+    assert np.array_equal(read(out / "labelsTr" / "abdomenct1k_00002.nii.gz"),
+                          read(three_sources / "Dataset032_AbdomenCT1K" / "labelsTr" / "abdomenct1k_00002.nii.gz"))
+
+
+def test_pseudo_is_a_hook_that_explains_itself(three_sources):
+    with pytest.raises(ValueError, match="'pseudo' strategy needs teacher models"):
+        merge_datasets([31, 32], three_sources, 42, "Pseudo", "pseudo")
+
+
+def test_merge_refuses_mismatched_inputs(three_sources):
+    with pytest.raises(FileNotFoundError, match="no dataset with id 99"):
+        merge_datasets([31, 99], three_sources, 43)
+    with pytest.raises(ValueError, match="case ctorg_021 is in both"):
+        merge_datasets([31, 31], three_sources, 44)
+    meta = three_sources / "Dataset032_AbdomenCT1K" / "dataset.json"
+    spec = json.loads(meta.read_text())
+    spec["labels"]["extra"] = 9
+    meta.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="other labels"):
+        merge_datasets([31, 32], three_sources, 45)
+
+
+def test_command_line_summary_and_errors(tmp_path, nnunet_env):
+    generate_dataset("ctorg", str(tmp_path / "ct"), 2, "abdomen", SPACING, first_id=21, progress=False)
+    labels = tmp_path / "ct" / "labels-22.nii.gz"
+    img = sitk.ReadImage(str(labels))
+    sitk.WriteImage(img * 3, str(labels))  # values up to 15: not CT-ORG
+    script = "from nnunet_ctorg.dataset_conversion.cli import convert_ctorg_main; convert_ctorg_main()"
+    cmd = [sys.executable, "-c", script, str(tmp_path / "ct"), "-d", "51"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 case(s) written, 0 already there, 1 failed" in proc.stdout
+    assert "failed ctorg_022: CT-ORG case 22: unexpected label values" in proc.stdout
+    summary = json.loads((nnunet_env / "nnUNet_raw" / "Dataset051_CTORG" / "conversion_summary.json").read_text())
+    assert list(summary["failed"]) == ["ctorg_022"]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    assert "0 case(s) written, 1 already there, 1 failed" in again.stdout
+    strict = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, env=dict(os.environ))
+    assert strict.returncode != 0
+    assert strict.stderr.strip().splitlines()[-1].startswith("nnunet_ctorg_convert_ctorg: error: CT-ORG case 22")
