@@ -104,6 +104,7 @@ def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_process
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
+    from nnunet_ctorg.label_scheme import DEFAULT_SCHEME, LabelScheme
     from nnunet_ctorg.labels import CTORG_LABELS
     from nnunet_ctorg.phantoms.cli import generate_dataset
 
@@ -121,7 +122,11 @@ def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_process
                      num_processes=num_processes)
     generate_dataset("ctorg", str(phantoms), n_train, DEMO_FOV, DEMO_SPACING, seed=0, first_id=21,
                      num_processes=num_processes)
-    convert_ctorg_dataset(phantoms, work_dir / "nnUNet_raw", DEMO_DATASET_ID, DEMO_DATASET_NAME)
+    # CT-ORG's six organs only: spleen and pancreas of the unified scheme are never annotated here
+    ctorg_scheme = LabelScheme.from_dict({"labels": CTORG_LABELS,
+                                          "sources": {"ctorg": DEFAULT_SCHEME["sources"]["ctorg"]}})
+    convert_ctorg_dataset(phantoms, work_dir / "nnUNet_raw", DEMO_DATASET_ID, DEMO_DATASET_NAME, scheme=ctorg_scheme,
+                          num_processes=num_processes)
 
     print("[2/5] nnU-Net planning and preprocessing", flush=True)
     plans_file = work_dir / "nnUNet_preprocessed" / ds / f"{DEMO_PLANS}.json"
