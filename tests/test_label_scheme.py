@@ -7,6 +7,7 @@ import pytest
 
 from nnunet_ctorg.label_scheme import LabelScheme
 from nnunet_ctorg.labels import DEFAULT_LABELS
+from nnunet_ctorg.phantoms import STRUCTURE_IDS
 
 
 def test_default_scheme_keeps_ctorg_ids_and_maps_every_source():
@@ -57,3 +58,25 @@ def test_missing_or_invalid_json(tmp_path):
     (tmp_path / "x.json").write_text("{labels")
     with pytest.raises(ValueError, match="not valid JSON"):
         LabelScheme.load(tmp_path / "x.json")
+
+
+def test_bundled_19_organ_scheme_converts_a_totalsegmentator_case(tmp_path):
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    import nnunet_ctorg.dataset_conversion as conversion
+    from nnunet_ctorg.dataset_conversion.totalsegmentator import convert_totalseg_dataset
+    from nnunet_ctorg.phantoms.cli import generate_dataset
+    from nnunet_ctorg.phantoms.layouts import PhantomSettings
+
+    path = Path(conversion.__file__).parent / "schemes" / "salimi2025_19organs.json"
+    scheme = LabelScheme.load(path)
+    assert len(scheme.labels) == 20
+    generate_dataset("totalseg", str(tmp_path / "ts"), 1, "thorax_abdomen", (8.0, 8.0, 10.0), progress=False)
+    out = convert_totalseg_dataset(tmp_path / "ts", tmp_path / "raw", 61, scheme=scheme)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "totalseg_s0000.nii.gz")))
+    truth = PhantomSettings("thorax_abdomen", (8.0, 8.0, 10.0)).make(0)
+    ribs = np.isin(truth.structures, [i for n, i in STRUCTURE_IDS.items() if n.startswith("rib_")])
+    assert np.array_equal(labels == scheme.labels["ribs"], ribs)
+    assert json.loads((out / "dataset.json").read_text())["labels"]["vertebrae"] == scheme.labels["vertebrae"]
