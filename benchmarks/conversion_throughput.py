@@ -3,7 +3,7 @@
 Writes a TotalSegmentator-layout phantom set (v2, 117 mask files per case) once, then converts it
 into two fresh nnU-Net datasets, with 1 and with 2 worker processes, in the same run.
 
-    python benchmarks/conversion_throughput.py [-n 20] [--spacing 1.5 1.5 3] [--work DIR]
+    python benchmarks/conversion_throughput.py [-n 20] [--spacing 3 3 3] [--work DIR]
 """
 
 import argparse
@@ -20,7 +20,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=20, help="number of cases. Default: 20")
-    parser.add_argument("--spacing", type=float, nargs=3, default=(1.5, 1.5, 3.0), help="Default: 1.5 1.5 3")
+    parser.add_argument("--spacing", type=float, nargs=3, default=(3.0, 3.0, 3.0),
+                        help="voxel size in mm. Default: 3 3 3 (TotalSegmentator's 3 mm)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder. Default: a temporary one")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ctorg_bench_"))
