@@ -29,7 +29,7 @@ def _run(prog: str, convert, args, **kwargs) -> None:
         scheme = LabelScheme.load(args.scheme)
         out = convert(args.source, raw_root(args.o), args.d, args.name, scheme=scheme, num_processes=args.np,
                       strict=args.strict, progress=True, **kwargs)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"{prog}: error: {e}")
     print(f"nnU-Net dataset: {out}")
 
@@ -91,6 +91,6 @@ def merge_main() -> None:
     try:
         out = merge_datasets(args.i, raw_root(args.o), args.d, args.name, args.unannotated, args.np, args.strict,
                              progress=True)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_merge_datasets: error: {e}")
     print(f"nnU-Net dataset: {out}")

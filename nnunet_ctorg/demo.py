@@ -187,7 +187,7 @@ def main() -> None:
         sys.exit(f"nnunet_ctorg_demo: error: --num_test must be in 1..21 (CT-ORG test ids), got {args.num_test}")
     try:
         run_demo(Path(args.output).resolve(), args.num_train, args.num_test, args.device, args.np)
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
+    except (RuntimeError, ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_demo: error: {e}")
 
 

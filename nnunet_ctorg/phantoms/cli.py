@@ -69,7 +69,7 @@ def main() -> None:
     try:
         counts = generate_dataset(args.layout, args.output, args.num_cases, args.fov, tuple(args.spacing),
                                   args.seed, args.first_id, args.version, not args.no_table, args.np)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_phantoms: error: {e}")
     print(f"{counts['written']} case(s) written, {counts['skipped']} already present, in {args.output}")
 

@@ -101,3 +101,14 @@ def test_command_line_summary_and_errors(tmp_path, nnunet_env):
     strict = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, env=dict(os.environ))
     assert strict.returncode != 0
     assert strict.stderr.strip().splitlines()[-1].startswith("nnunet_ctorg_convert_ctorg: error: CT-ORG case 22")
+
+
+@pytest.mark.slow
+def test_merged_dataset_with_ignore_label_passes_nnunet_verify_dataset_integrity(three_sources):
+    from tests.conftest import nnunet_command
+
+    merge_datasets([31, 32, 33], three_sources, 46, "MergedIgnore", "ignore")
+    proc = subprocess.run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "46", "-c", "3d_fullres",
+                           "--verify_dataset_integrity", "--no_pp", "-npfp", "1"],
+                          env=dict(os.environ), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
