@@ -430,9 +430,17 @@ def generate_phantom(seed: int = 0, fov: str = "abdomen",
         cv.paint_bone_ellipsoid((0, yc, sc_), (rx, ry, 0.42 * height), label, cortex_mm=2.0)
         cv.paint_bone_ellipsoid((0, yc + ry + 24, sc_), (5, 20, 0.3 * height), label, cortex_mm=1.5)
         cv.paint_bone_ellipsoid((0, yc + ry + 8, sc_), (rx + 22, 6, 0.25 * height), label, cortex_mm=1.5)
+        for sign in (-1, 1):
+            # pedicles join body and arch; articular processes meet those of the next levels (facets)
+            cv.paint_bone_ellipsoid((sign * 0.6 * rx, yc + ry, sc_), (4, 8, 0.3 * height), label, cortex_mm=1.5)
+            cv.paint_bone_ellipsoid((sign * 0.7 * rx, yc + ry + 10, sc_), (5, 6, 0.56 * height), label, cortex_mm=1.5)
         cv.paint_ellipsoid((0, yc + ry + 9, sc_), (7, 7, 0.5 * height), WATER + 10, "spinal_cord")
-    cv.paint_bone_ellipsoid(jit((0, 48, 803), 1.0), (24, 17, 11), "vertebrae_S1", cortex_mm=2.0)
+    s1 = jit((0, 48, 803), 1.0)
+    cv.paint_bone_ellipsoid(s1, (24, 17, 11), "vertebrae_S1", cortex_mm=2.0)
+    for sign in (-1, 1):  # S1's articular processes meet L5's
+        cv.paint_bone_ellipsoid((sign * 15, s1[1] + 22, 795), (5, 12, 14), "vertebrae_S1", cortex_mm=1.5)
     cv.paint_bone_ellipsoid(jit((0, 68, 850), 2.0), (44, 17, 38), "sacrum", _rotation("x", 35))
+    cv.paint_bone_tube([(0, s1[1] + 2, 810), (0, 60, 828)], 10.0, "sacrum")  # S1 continues into the sacrum
 
     # Ribs: arcs from the thoracic vertebrae round the inside of the chest wall, descending.
     thoracic = levels[7:20]
@@ -446,6 +454,11 @@ def generate_phantom(seed: int = 0, fov: str = "abdomen",
         for sign, side in ((1, "left"), (-1, "right")):
             path = np.stack([sign * rx * np.cos(theta), ry * np.sin(theta),
                              s_attach + rib_drop[k] * (78 - np.rad2deg(theta)) / (78 - rib_end[k])], axis=1)
+            # the rib head articulates with its vertebra's transverse process
+            t = (7 + k) / (len(VERTEBRAE) - 1)
+            y_spine = float(_interp(np.float32(s_attach), _SPINE_S, _SPINE_Y))
+            head = (sign * (10 + 12 * t + 16), y_spine + 8 + 9 * t + 8, s_attach)
+            path = np.vstack([head, path])
             cv.paint_bone_tube(path, 6.0 if k == 0 else 5.0, f"rib_{side}_{k + 1}")
     front = float(_interp(np.float32(420.0), _TRUNK_S, _TRUNK_RY)) - fat_mm
     region, lo, hi = _box((-14, -front + 4, 320), (14, -front + 18, 520))
@@ -467,6 +480,7 @@ def generate_phantom(seed: int = 0, fov: str = "abdomen",
     for sign, side in ((1, "left"), (-1, "right")):
         hip = f"hip_{side}"
         cv.paint_bone_ellipsoid((sign * 92, 35, 822), (60, 12, 55), hip, _rotation("z", -sign * 35), cortex_mm=2.0)
+        cv.paint_bone_tube([(sign * 62, 58, 840), (sign * 38, 66, 845)], 8.0, hip)  # sacroiliac joint
         cv.paint_bone_ellipsoid((sign * 95, 15, 912), (30, 28, 42), hip)
         cv.paint_bone_tube([(sign * 85, -15, 915), (sign * 12, -60, 925)], 10.0, hip)
         femur = f"femur_{side}"
@@ -479,9 +493,9 @@ def generate_phantom(seed: int = 0, fov: str = "abdomen",
     if table:
         back = max(_TRUNK_RY) + 2
         outside = lambda labels, ct: ct == np.float32(AIR)  # noqa: E731
-        for y_lo, y_hi, value, half_width in ((back, back + 12, -650.0, 200.0), (back + 12, back + 15, 250.0, 225.0),
+        for y_lo, y_hi, value, half_width in ((back, back + 12, -650.0, 200.0), (back + 12, back + 15, 120.0, 225.0),
                                               (back + 15, back + 44, -850.0, 225.0),
-                                              (back + 44, back + 47, 250.0, 225.0)):
+                                              (back + 44, back + 47, 120.0, 225.0)):
             def slab(x, y, s, y_lo=y_lo, y_hi=y_hi, half_width=half_width):
                 bend = 0.0006 * x**2  # the board curves up at its edges
                 return (np.abs(x) <= half_width) & (y >= y_lo - bend) & (y < y_hi - bend) & (s > -1e4)
