@@ -109,6 +109,14 @@ class LabelScheme:
                     lut[i] = self.labels[organ]
         return lut
 
+    def totalseg_lookup_table(self) -> np.ndarray:
+        """Array mapping a TotalSegmentator v2 id (1..117, 0 = none) to the unified id (higher id wins)."""
+        lut = np.zeros(len(TOTALSEG_V2_STRUCTURES) + 1, dtype=np.uint8)
+        for organ in self.organs_of("totalseg"):
+            for name in self.totalseg_structures(organ):
+                lut[TOTALSEG_V2_STRUCTURES.index(name) + 1] = self.labels[organ]
+        return lut
+
     def totalseg_structures(self, organ: str, available: list[str] | tuple[str, ...] = TOTALSEG_V2_STRUCTURES
                             ) -> list[str]:
         """TotalSegmentator structures of ``organ`` among ``available`` names."""

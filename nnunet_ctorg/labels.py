@@ -54,26 +54,3 @@ CTORG_LABELS: dict[str, int] = {name: i for name, i in DEFAULT_LABELS.items() if
 # AbdomenCT-1K's label ids.
 ABDOMENCT1K_LABELS: dict[str, int] = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 
-
-def _is_bone(structure: str) -> bool:
-    prefixes = ("vertebrae_", "rib_", "humerus_", "scapula_", "clavicula_", "femur_", "hip_")
-    return structure.startswith(prefixes) or structure in ("sacrum", "skull", "sternum")
-
-
-def totalseg_to_default(structure: str) -> str | None:
-    """Organ of the default scheme that a TotalSegmentator structure belongs to, or None."""
-    if structure.startswith("lung_"):
-        return "lungs"
-    if structure.startswith("kidney_"):  # kidney_left/right and the kidney cysts
-        return "kidneys"
-    if _is_bone(structure):
-        return "bone"
-    return {"liver": "liver", "urinary_bladder": "bladder", "brain": "brain",
-            "spleen": "spleen", "pancreas": "pancreas"}.get(structure)
-
-
-def totalseg_to_abdomenct1k(structure: str) -> str | None:
-    """AbdomenCT-1K organ of a TotalSegmentator structure, or None."""
-    if structure in ("kidney_left", "kidney_right"):
-        return "kidney"
-    return structure if structure in ("liver", "spleen", "pancreas") else None

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnunet_ctorg.labels import DEFAULT_LABELS, TOTALSEG_V2_STRUCTURES, totalseg_to_default
+from nnunet_ctorg.label_scheme import LabelScheme
+from nnunet_ctorg.labels import TOTALSEG_V2_STRUCTURES
 
 STRUCTURE_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(TOTALSEG_V2_STRUCTURES)}
 
@@ -80,15 +81,10 @@ class Phantom:
             raise ValueError(f"unknown structure name {structure!r}")
         return (self.structures == STRUCTURE_IDS[structure]).astype(np.uint8)
 
-    def organ_labels(self, mapping: Callable[[str], str | None] = totalseg_to_default,
-                     labels: dict[str, int] = DEFAULT_LABELS) -> np.ndarray:
-        """Label map of a scheme: ``mapping`` sends a structure name to an organ name of ``labels``."""
-        lut = np.zeros(len(STRUCTURE_IDS) + 1, dtype=np.uint8)
-        for name, sid in STRUCTURE_IDS.items():
-            organ = mapping(name)
-            if organ is not None and organ in labels:
-                lut[sid] = labels[organ]
-        return lut[self.structures]
+    def organ_labels(self, scheme: LabelScheme | None = None) -> np.ndarray:
+        """Label map of a scheme's organs from the structures (default: the unified default scheme)."""
+        scheme = scheme or LabelScheme.load(None)
+        return scheme.totalseg_lookup_table()[self.structures]
 
     def to_sitk(self, array: np.ndarray):
         """SimpleITK image of ``array`` (same shape as ``ct``) with the phantom's geometry."""

@@ -20,16 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ctorg.io import write_image_atomic, write_text_atomic
-from nnunet_ctorg.labels import (
-    ABDOMENCT1K_LABELS,
-    CTORG_LABELS,
-    TOTALSEG_V2_STRUCTURES,
-    totalseg_to_abdomenct1k,
-    totalseg_to_default,
-)
+from nnunet_ctorg.label_scheme import DEFAULT_SCHEME, LabelScheme
+from nnunet_ctorg.labels import ABDOMENCT1K_LABELS, CTORG_LABELS, TOTALSEG_V2_STRUCTURES
 from nnunet_ctorg.phantoms.anatomy import Phantom, generate_phantom
 
 LAYOUTS = ("ctorg", "totalseg", "abdomenct1k")
+
+# The labels each public dataset would give the phantom's structures.
+_TOTALSEG = DEFAULT_SCHEME["sources"]["totalseg"]
+CTORG_TRUTH = LabelScheme.from_dict(
+    {"labels": CTORG_LABELS, "sources": {"totalseg": {o: _TOTALSEG[o] for o in CTORG_LABELS if o != "background"}}})
+ABDOMENCT1K_TRUTH = LabelScheme.from_dict(
+    {"labels": ABDOMENCT1K_LABELS,
+     "sources": {"totalseg": {"liver": ["liver"], "kidney": ["kidney_left", "kidney_right"], "spleen": ["spleen"],
+                              "pancreas": ["pancreas"]}}})
 
 # Structures TotalSegmentator v1 did not have (SPEC §6); v1 folded S1 into the sacrum.
 _V2_ONLY = {"skull", "sternum", "vertebrae_S1", "costal_cartilages"}
@@ -55,7 +59,7 @@ def ctorg_case_files(root: Path, case_id: int) -> tuple[Path, Path]:
 def write_ctorg_case(root: str | Path, case_id: int, phantom: Phantom) -> None:
     root = Path(root)
     volume, labels = ctorg_case_files(root, case_id)
-    seg = phantom.organ_labels(totalseg_to_default, CTORG_LABELS)
+    seg = phantom.organ_labels(CTORG_TRUTH)
     write_image_atomic(phantom.to_sitk(seg.astype(np.float32)), labels)
     write_image_atomic(phantom.to_sitk(phantom.ct.astype(np.float32)), volume)  # last: marks the case complete
 
@@ -101,7 +105,7 @@ def abdomenct1k_case_files(root: Path, case_number: int, n_cases: int) -> tuple[
 
 def write_abdomenct1k_case(root: str | Path, case_number: int, n_cases: int, phantom: Phantom) -> None:
     image, mask = abdomenct1k_case_files(Path(root), case_number, n_cases)
-    seg = phantom.organ_labels(totalseg_to_abdomenct1k, ABDOMENCT1K_LABELS)
+    seg = phantom.organ_labels(ABDOMENCT1K_TRUTH)
     write_image_atomic(phantom.to_sitk(seg), mask)
     write_image_atomic(phantom.to_sitk(phantom.ct), image)
 

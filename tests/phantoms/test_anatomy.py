@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnunet_ctorg.labels import DEFAULT_LABELS, totalseg_to_default
+from nnunet_ctorg.label_scheme import LabelScheme
+from nnunet_ctorg.labels import DEFAULT_LABELS
 from nnunet_ctorg.phantoms import STRUCTURE_IDS, generate_phantom
 
 # Mean HU bands per organ (non-contrast .. portal-venous, with partial volume at 3-6 mm).
@@ -48,7 +49,7 @@ def test_bands_hold_the_real_ct_too(real_ct_dir):
     names = json.loads((real_ct_dir / "example_seg_labels.json").read_text())
     checked = 0
     for organ, (lo, hi) in HU_BANDS.items():
-        ids = [int(i) for i, n in names.items() if totalseg_to_default(n) == organ]
+        ids = [int(i) for i, n in names.items() if n in LabelScheme.load(None).totalseg_structures(organ)]
         mask = np.isin(seg, ids)
         if mask.sum() > 500:
             assert lo <= ct[mask].mean() <= hi, (organ, ct[mask].mean())
