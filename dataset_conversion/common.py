@@ -11,13 +11,21 @@ Output layout (nnU-Net raw format plus one record per case)::
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_ctorg.io import count_non_finite, read_image, same_geometry, write_image_atomic, write_text_atomic
+from nnunet_ctorg.io import (
+    copy_file_atomic,
+    read_ct,
+    read_image,
+    same_geometry,
+    write_image_atomic,
+    write_text_atomic,
+)
 from nnunet_ctorg.label_scheme import LabelScheme
 
 
@@ -65,19 +73,15 @@ def load_image_and_labels(image_path: Path, label_path: Path, case: str):
     """Read a CT and its label map and check them; returns (image, label array)."""
     import SimpleITK as sitk
 
-    image = read_image(image_path, f"{case}: image")
+    image = read_ct(image_path, case)
     label = read_image(label_path, f"{case}: label map")
-    for what, img in (("image", image), ("label map", label)):
-        if img.GetDimension() != 3 or min(img.GetSize()) < 2:
-            raise ValueError(f"{case}: the {what} must be 3-D, got size {img.GetSize()}")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{case}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if label.GetDimension() != 3:
+        raise ValueError(f"{case}: the label map must be 3-D, got size {label.GetSize()}")
     if not same_geometry(image, label):
         raise ValueError(f"{case}: image and label map differ in geometry (size {image.GetSize()} vs "
                          f"{label.GetSize()}, spacing {np.round(image.GetSpacing(), 4)} vs "
                          f"{np.round(label.GetSpacing(), 4)}, origin {np.round(image.GetOrigin(), 3)} vs "
                          f"{np.round(label.GetOrigin(), 3)})")
-    check_finite(image, image_path, case)
     values = sitk.GetArrayFromImage(label)
     if np.issubdtype(values.dtype, np.floating):
         rounded = np.rint(values)
@@ -86,13 +90,6 @@ def load_image_and_labels(image_path: Path, label_path: Path, case: str):
             raise ValueError(f"{case}: labels are not whole numbers (e.g. {bad})")
         values = rounded
     return image, values.astype(np.int64)
-
-
-def check_finite(image, path: Path, case: str) -> None:
-    import SimpleITK as sitk
-
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and (bad := count_non_finite(path)):
-        raise ValueError(f"{case}: the CT contains {bad} NaN or infinite values")
 
 
 def check_label_values(values: np.ndarray, allowed: Sequence[int], case: str, source: str) -> None:
@@ -128,16 +125,20 @@ def case_is_done(out: Path, job: CaseJob) -> bool:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
-            headers.append((reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()))
+            headers.append(reader)
         json.loads(record.read_text())
     except (RuntimeError, ValueError):
         return False
-    return headers[0][0] == headers[1][0] and np.allclose(headers[0][1], headers[1][1], atol=1e-4) \
-        and np.allclose(headers[0][2], headers[1][2], atol=1e-3) and np.allclose(headers[0][3], headers[1][3])
+    return same_geometry(*headers)
 
 
-def write_case(out: Path, job: CaseJob, image, labels: np.ndarray, record: dict) -> None:
-    """Write labels, record and image atomically (the image last: it marks the case done)."""
+def write_case(out: Path, job: CaseJob, image, labels: np.ndarray, record: dict,
+               image_file: Path | None = None) -> None:
+    """Write labels, record and image atomically (the image last: it marks the case done).
+
+    ``image_file``: an nnU-Net-ready copy of the image already on disk, copied as it is instead
+    of being encoded again.
+    """
     import SimpleITK as sitk
 
     image_path, label_path, record_path = case_paths(out, job)
@@ -145,7 +146,10 @@ def write_case(out: Path, job: CaseJob, image, labels: np.ndarray, record: dict)
     label.CopyInformation(image)
     write_image_atomic(label, label_path)
     write_text_atomic(json.dumps({"case": job.case, **record}, indent=1), record_path)
-    write_image_atomic(ct_for_nnunet(image), image_path)
+    if image_file is None:
+        write_image_atomic(ct_for_nnunet(image), image_path)
+    else:
+        copy_file_atomic(image_file, image_path)
 
 
 def _run_job(convert: Callable[[CaseJob], None], job: CaseJob) -> tuple[str, str | None]:
@@ -165,38 +169,22 @@ def run_conversion(jobs: list[CaseJob], convert: Callable[[CaseJob], None], out:
     A bad case is reported and skipped, or with ``strict`` stops the run with its error.
     """
     from functools import partial
-    from multiprocessing import get_context
 
-    from tqdm import tqdm
+    from nnunet_ctorg.parallel import map_with_progress
 
-    if num_processes < 1:
-        raise ValueError(f"number of processes must be >= 1, got {num_processes}")
     for job in jobs:
         job.inputs["out"] = str(out)
     todo = [j for j in jobs if not case_is_done(out, j)]
     summary = {"written": [], "skipped": [j.case for j in jobs if j not in todo], "failed": {}}
-    work = partial(_run_job, convert)
-    bar = tqdm(total=len(todo), desc=desc, unit="case", disable=not progress)
-
-    def collect(results):
-        for case, error in results:
-            bar.update()
-            if error is None:
-                summary["written"].append(case)
-                continue
-            if strict:
-                raise ValueError(error)
-            summary["failed"][case] = error
-            bar.write(f"skipped {error}")
-
-    try:
-        if num_processes == 1 or len(todo) <= 1:
-            collect(map(work, todo))
+    for case, error in map_with_progress(partial(_run_job, convert), todo, num_processes, desc, progress=progress):
+        if error is None:
+            summary["written"].append(case)
+        elif strict:
+            raise ValueError(error)
         else:
-            with get_context("spawn").Pool(min(num_processes, len(todo))) as pool:
-                collect(pool.imap_unordered(work, todo))
-    finally:
-        bar.close()
+            summary["failed"][case] = error
+            if progress:
+                print(f"skipped {error}", file=sys.stderr)
     return summary
 
 

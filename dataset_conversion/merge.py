@@ -76,7 +76,7 @@ def merge_job(job: CaseJob, strategy: str, all_ids: list[int], ignore_id: int) -
     labels = sitk.GetArrayFromImage(read_image(label_path, f"{job.case}: label map"))
     labels = UNANNOTATED_STRATEGIES[strategy](labels, image, missing, ignore_id)
     record.update({"merged_from": job.inputs["dataset"], "unannotated": strategy if missing else None})
-    write_case(Path(job.inputs["out"]), job, image, labels, record)
+    write_case(Path(job.inputs["out"]), job, image, labels, record, image_file=image_path)
 
 
 def merged_splits(datasets: list[Path], cases_by_dataset: dict[str, list[str]]) -> list[dict] | None:

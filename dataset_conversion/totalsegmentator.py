@@ -20,7 +20,6 @@ import numpy as np
 
 from nnunet_ctorg.dataset_conversion.common import (
     CaseJob,
-    check_finite,
     check_labels_file,
     dataset_folder,
     finish_dataset,
@@ -28,11 +27,9 @@ from nnunet_ctorg.dataset_conversion.common import (
     run_conversion,
     write_case,
 )
-from nnunet_ctorg.io import read_image, same_geometry, write_text_atomic
+from nnunet_ctorg.io import read_ct, read_image, same_geometry, write_text_atomic
 from nnunet_ctorg.label_scheme import LabelScheme
-from nnunet_ctorg.labels import TOTALSEG_V2_STRUCTURES
-
-_V2_ONLY = ("skull", "sternum", "vertebrae_S1", "costal_cartilages")
+from nnunet_ctorg.labels import TOTALSEG_V2_ONLY, TOTALSEG_V2_STRUCTURES, totalseg_structures
 
 
 def read_meta(root: Path) -> list[dict[str, str]]:
@@ -56,10 +53,7 @@ def convert_totalseg_job(job: CaseJob, scheme: LabelScheme) -> None:
 
     case = f"TotalSegmentator case {job.inputs['image_id']}"
     folder = Path(job.inputs["folder"])
-    image = read_image(folder / "ct.nii.gz", f"{case}: image")
-    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
-        raise ValueError(f"{case}: the image must be 3-D, got size {image.GetSize()}")
-    check_finite(image, folder / "ct.nii.gz", case)
+    image = read_ct(folder / "ct.nii.gz", case)
     seg_dir = folder / "segmentations"
     if not seg_dir.is_dir():
         raise FileNotFoundError(f"{case}: no segmentations folder in {folder}")
@@ -91,27 +85,22 @@ def convert_totalseg_job(job: CaseJob, scheme: LabelScheme) -> None:
                 "missing_masks": missing})
 
 
-def totalseg_jobs(root: Path, version: str) -> tuple[list[CaseJob], dict[str, list[str]]]:
-    """Jobs for every case of meta.csv, and the train/val split."""
-    structures = TOTALSEG_V2_STRUCTURES if version == "v2" else tuple(
-        s for s in TOTALSEG_V2_STRUCTURES if s not in _V2_ONLY)
+def totalseg_jobs(root: Path, version: str = "auto") -> tuple[list[CaseJob], dict[str, list[str]], str]:
+    """Jobs for every case of meta.csv, the train/val split, and the version ("auto": detected)."""
+    rows = read_meta(root)
+    if version == "auto":  # v2 if any of the first cases has a mask that only v2 has
+        version = "v2" if any((root / row["image_id"].strip() / "segmentations" / f"{s}.nii.gz").is_file()
+                              for row in rows[:20] for s in TOTALSEG_V2_ONLY) else "v1"
+    structures = totalseg_structures(version)
     jobs, split = [], {"train": [], "val": []}
-    for row in read_meta(root):
+    for row in rows:
         image_id = row["image_id"].strip()
         case = f"totalseg_{image_id}"
         if row["split"] in split:
             split[row["split"]].append(case)
         jobs.append(CaseJob(case=case, split="Ts" if row["split"] == "test" else "Tr",
                             inputs={"image_id": image_id, "folder": str(root / image_id), "structures": structures}))
-    return jobs, split
-
-
-def detect_version(root: Path, jobs: list[CaseJob]) -> str:
-    """"v2" if any case has a mask that only v2 has, else "v1"."""
-    for job in jobs[:20]:
-        if any((root / job.inputs["image_id"] / "segmentations" / f"{s}.nii.gz").is_file() for s in _V2_ONLY):
-            return "v2"
-    return "v1"
+    return jobs, split, version
 
 
 def write_splits(out: Path, split: dict[str, list[str]], done: set[str]) -> Path | None:
@@ -136,11 +125,7 @@ def convert_totalseg_dataset(source_dir: str | Path, raw_dir: str | Path, datase
         raise FileNotFoundError(f"TotalSegmentator folder not found: {root}")
     if version not in ("auto", "v1", "v2"):
         raise ValueError(f"version must be auto, v1 or v2, got {version!r}")
-    jobs, split = totalseg_jobs(root, "v2")
-    if version == "auto":
-        version = detect_version(root, jobs)
-    if version == "v1":
-        jobs, split = totalseg_jobs(root, "v1")
+    jobs, split, version = totalseg_jobs(root, version)
     out = dataset_folder(Path(raw_dir), dataset_id, name)
     check_labels_file(out, scheme)
     summary = run_conversion(jobs, partial(convert_totalseg_job, scheme=scheme), out, num_processes, strict,

@@ -44,11 +44,15 @@ def nnunet_environment(work_dir: Path) -> dict[str, str]:
     return env
 
 
+def console_script(name: str) -> str:
+    """Path of a console script next to this interpreter (its venv need not be activated), else ``name``."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.is_file() else name
+
+
 def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
     print("  $ " + " ".join(cmd), flush=True)
-    # nnU-Net's commands sit next to this interpreter, also when its environment is not activated
-    local = Path(sys.executable).parent / cmd[0]
-    cmd = [str(local) if local.is_file() else cmd[0], *cmd[1:]]
+    cmd = [console_script(cmd[0]), *cmd[1:]]
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
@@ -64,6 +68,7 @@ def add_cpu_demo_configuration(plans_file: Path, name: str = DEMO_CONFIGURATION,
 
     It reuses 3d_fullres' preprocessed data; the patch stays divisible by the pooling strides.
     """
+    import copy
     import json
 
     import numpy as np
@@ -72,7 +77,7 @@ def add_cpu_demo_configuration(plans_file: Path, name: str = DEMO_CONFIGURATION,
 
     plans = json.loads(plans_file.read_text())
     full = plans["configurations"]["3d_fullres"]
-    arch = json.loads(json.dumps(full["architecture"]))
+    arch = copy.deepcopy(full["architecture"])
     kwargs = arch["arch_kwargs"]
     divisor = np.prod(np.array(kwargs["strides"]), axis=0)
     patch = [int(max(d, (min(p, m) // d) * d)) for p, m, d in zip(full["patch_size"], max_patch, divisor)]

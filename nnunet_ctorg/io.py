@@ -1,34 +1,44 @@
 """Image input/output helpers: atomic writes and checked reads with SimpleITK."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name next to ``path`` (same ending) that replaces ``path`` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the .nii.gz ending
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_image_atomic(image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write a SimpleITK image to ``path`` through a temporary name, so no half-written file remains."""
     import SimpleITK as sitk
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the .nii.gz ending
-    try:
+    with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def read_image(path: str | os.PathLike, what: str = "image"):
@@ -46,7 +56,8 @@ def read_image(path: str | os.PathLike, what: str = "image"):
 
 
 def same_geometry(a, b, tol: float = 1e-4) -> bool:
-    """True when two SimpleITK images share size, spacing, origin and direction."""
+    """True when two SimpleITK images (or ImageFileReaders after ReadImageInformation) share size,
+    spacing, origin and direction."""
     return (a.GetSize() == b.GetSize()
             and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
             and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
@@ -71,3 +82,22 @@ def count_non_finite(path: str | os.PathLike) -> int:
     if not np.issubdtype(data.dtype, np.floating):
         return 0
     return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
+def check_finite(image, path: str | os.PathLike, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` if a float image file holds NaN or infinite voxels."""
+    import SimpleITK as sitk
+
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and (bad := count_non_finite(path)):
+        raise ValueError(f"{what}: the CT contains {bad} NaN or infinite values")
+
+
+def read_ct(path: str | os.PathLike, what: str):
+    """Read a CT and check it is a 3-D, single-channel image without NaN; errors start with ``what``."""
+    image = read_image(path, f"{what}: image")
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise ValueError(f"{what}: the image must be 3-D, got size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{what}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    check_finite(image, path, what)
+    return image

@@ -17,17 +17,13 @@ def label_file(src: Path, dst: Path, organ: str, mode: str) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_ctorg.io import count_non_finite, read_image, write_image_atomic
+    from nnunet_ctorg.io import read_ct, write_image_atomic
     from nnunet_ctorg.labelers import label_bones, label_lungs
 
-    image = read_image(src, "CT")
-    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
-        raise ValueError(f"{src.name}: a 3-D CT is needed, got size {image.GetSize()}")
+    image = read_ct(src, src.name)
     if abs(image.GetDirection()[8]) < 0.9:
         raise ValueError(f"{src.name}: the third image axis is not cranio-caudal (direction "
                          f"{np.round(image.GetDirection(), 2)}): axial slices cannot be identified")
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and (bad := count_non_finite(src)):
-        raise ValueError(f"{src.name}: the CT contains {bad} NaN or infinite values")
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     spacing = image.GetSpacing()[::-1]
     labeler = label_lungs if organ == "lungs" else label_bones
@@ -48,18 +44,13 @@ def _work(item: tuple[Path, Path], organ: str, mode: str) -> tuple[str, str | No
 def label_folder(in_dir: str | Path, out_dir: str | Path, organ: str, mode: str = "paper", num_processes: int = 1,
                  progress: bool = True) -> dict:
     """Label every CT of ``in_dir`` into ``out_dir`` (same file names); finished files are skipped."""
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
     from nnunet_ctorg.labelers import MODES
+    from nnunet_ctorg.parallel import map_with_progress
 
     if organ not in ("lungs", "bones"):
         raise ValueError(f"organ must be 'lungs' or 'bones', got {organ!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if num_processes < 1:
-        raise ValueError(f"number of processes must be >= 1, got {num_processes}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise FileNotFoundError(f"input folder not found: {in_dir}")
@@ -70,21 +61,11 @@ def label_folder(in_dir: str | Path, out_dir: str | Path, organ: str, mode: str 
     todo = [i for i in items if not i[1].is_file()]
     summary = {"written": [], "skipped": [s.name for s, d in items if d.is_file()], "failed": {}}
     work = partial(_work, organ=organ, mode=mode)
-    with tqdm(total=len(todo), desc=f"{organ} ({mode})", unit="CT", disable=not progress) as bar:
-        if num_processes == 1 or len(todo) <= 1:
-            results = map(work, todo)
+    for name, error in map_with_progress(work, todo, num_processes, f"{organ} ({mode})", "CT", progress):
+        if error is None:
+            summary["written"].append(name)
         else:
-            pool = get_context("spawn").Pool(min(num_processes, len(todo)))
-            results = pool.imap_unordered(work, todo)
-        for name, error in results:
-            bar.update()
-            if error is None:
-                summary["written"].append(name)
-            else:
-                summary["failed"][name] = error
-        if num_processes > 1 and len(todo) > 1:
-            pool.close()
-            pool.join()
+            summary["failed"][name] = error
     return summary
 
 

@@ -54,3 +54,13 @@ CTORG_LABELS: dict[str, int] = {name: i for name, i in DEFAULT_LABELS.items() if
 # AbdomenCT-1K's label ids.
 ABDOMENCT1K_LABELS: dict[str, int] = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 
+# Structures TotalSegmentator v1 did not have (SPEC §6); v1 folded S1 into the sacrum.
+TOTALSEG_V2_ONLY: tuple[str, ...] = ("skull", "sternum", "vertebrae_S1", "costal_cartilages")
+
+
+def totalseg_structures(version: str) -> tuple[str, ...]:
+    """Structure names of TotalSegmentator ``"v2"``, or the part of them ``"v1"`` also had."""
+    if version not in ("v1", "v2"):
+        raise ValueError(f"TotalSegmentator version must be 'v1' or 'v2', got {version!r}")
+    return TOTALSEG_V2_STRUCTURES if version == "v2" else tuple(
+        s for s in TOTALSEG_V2_STRUCTURES if s not in TOTALSEG_V2_ONLY)

@@ -50,8 +50,7 @@ def module_nnunet_env(tmp_path_factory) -> Path:
 
 
 def nnunet_command(name: str) -> str:
-    """Path of an nnU-Net console script next to the running interpreter (venv need not be active)."""
-    import sys
+    """Path of an nnU-Net console script next to the running interpreter."""
+    from nnunet_ctorg.demo import console_script
 
-    local = Path(sys.executable).parent / name
-    return str(local) if local.is_file() else name
+    return console_script(name)

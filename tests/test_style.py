@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_ruff_check_is_clean():
-    ruff = Path(sys.executable).parent / "ruff"
-    ruff = str(ruff) if ruff.is_file() else shutil.which("ruff")
+    from nnunet_ctorg.demo import console_script
+
+    ruff = shutil.which(console_script("ruff"))
     if ruff is None:
         pytest.fail("ruff is not installed: pip install -e '.[test]'")
     proc = subprocess.run([ruff, "check", "--no-cache", str(REPO)], capture_output=True, text=True)

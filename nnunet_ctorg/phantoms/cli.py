@@ -9,10 +9,8 @@ def generate_dataset(layout: str, out_dir: str, n_cases: int, fov: str, spacing:
                      num_processes: int = 1, progress: bool = True) -> dict[str, int]:
     """Write ``n_cases`` phantoms; cases already on disk are skipped. Returns counts."""
     from functools import partial
-    from multiprocessing import get_context
 
-    from tqdm import tqdm
-
+    from nnunet_ctorg.parallel import map_with_progress
     from nnunet_ctorg.phantoms.anatomy import FIELDS_OF_VIEW
     from nnunet_ctorg.phantoms.layouts import LAYOUTS, PhantomSettings, case_is_written, finish_dataset, write_case
 
@@ -24,22 +22,12 @@ def generate_dataset(layout: str, out_dir: str, n_cases: int, fov: str, spacing:
         raise ValueError(f"number of cases must be >= 1, got {n_cases}")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive numbers (x y z, mm), got {spacing!r}")
-    if num_processes < 1:
-        raise ValueError(f"number of processes must be >= 1, got {num_processes}")
     settings = PhantomSettings(fov=fov, spacing=tuple(spacing), seed=seed, table=table)
     todo = [k for k in range(n_cases) if not case_is_written(layout, out_dir, k, n_cases, first_id)]
     work = partial(write_case, layout, out_dir, n_cases=n_cases, settings=settings, first_id=first_id,
                    version=version)
-    bar = tqdm(total=len(todo), desc=f"{layout} phantoms", unit="case", disable=not progress)
-    if num_processes == 1 or len(todo) <= 1:
-        for k in todo:
-            work(k)
-            bar.update()
-    else:
-        with get_context("spawn").Pool(min(num_processes, len(todo))) as pool:
-            for _ in pool.imap_unordered(work, todo):
-                bar.update()
-    bar.close()
+    for _ in map_with_progress(work, todo, num_processes, f"{layout} phantoms", progress=progress):
+        pass
     finish_dataset(layout, out_dir, n_cases, settings, first_id)
     return {"written": len(todo), "skipped": n_cases - len(todo)}
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from nnunet_ctorg.io import write_image_atomic, write_text_atomic
 from nnunet_ctorg.label_scheme import DEFAULT_SCHEME, LabelScheme
-from nnunet_ctorg.labels import ABDOMENCT1K_LABELS, CTORG_LABELS, TOTALSEG_V2_STRUCTURES
+from nnunet_ctorg.labels import ABDOMENCT1K_LABELS, CTORG_LABELS, TOTALSEG_V2_STRUCTURES, totalseg_structures
 from nnunet_ctorg.phantoms.anatomy import Phantom, generate_phantom
 
 LAYOUTS = ("ctorg", "totalseg", "abdomenct1k")
@@ -34,9 +34,6 @@ ABDOMENCT1K_TRUTH = LabelScheme.from_dict(
     {"labels": ABDOMENCT1K_LABELS,
      "sources": {"totalseg": {"liver": ["liver"], "kidney": ["kidney_left", "kidney_right"], "spleen": ["spleen"],
                               "pancreas": ["pancreas"]}}})
-
-# Structures TotalSegmentator v1 did not have (SPEC §6); v1 folded S1 into the sacrum.
-_V2_ONLY = {"skull", "sternum", "vertebrae_S1", "costal_cartilages"}
 
 
 @dataclass(frozen=True)
@@ -64,16 +61,8 @@ def write_ctorg_case(root: str | Path, case_id: int, phantom: Phantom) -> None:
     write_image_atomic(phantom.to_sitk(phantom.ct.astype(np.float32)), volume)  # last: marks the case complete
 
 
-def totalseg_structures(version: str) -> tuple[str, ...]:
-    if version not in ("v1", "v2"):
-        raise ValueError(f"TotalSegmentator version must be 'v1' or 'v2', got {version!r}")
-    return TOTALSEG_V2_STRUCTURES if version == "v2" else tuple(
-        s for s in TOTALSEG_V2_STRUCTURES if s not in _V2_ONLY)
-
-
-def write_totalseg_case(root: str | Path, image_id: str, phantom: Phantom, version: str = "v2",
-                        missing: Sequence[str] = ()) -> None:
-    """One case folder; structures in ``missing`` get no mask file (as in incomplete downloads)."""
+def write_totalseg_case(root: str | Path, image_id: str, phantom: Phantom, version: str = "v2") -> None:
+    """One case folder: ct.nii.gz and a mask file for every structure of the version."""
     case = Path(root) / image_id
     structures = phantom.structures
     if version == "v1":  # S1 belongs to the sacrum in v1
@@ -81,8 +70,6 @@ def write_totalseg_case(root: str | Path, image_id: str, phantom: Phantom, versi
         structures[phantom.mask("vertebrae_S1").astype(bool)] = \
             TOTALSEG_V2_STRUCTURES.index("sacrum") + 1
     for name in totalseg_structures(version):
-        if name in missing:
-            continue
         mask = (structures == TOTALSEG_V2_STRUCTURES.index(name) + 1).astype(np.uint8)
         write_image_atomic(phantom.to_sitk(mask), case / "segmentations" / f"{name}.nii.gz")
     write_image_atomic(phantom.to_sitk(phantom.ct), case / "ct.nii.gz")  # last: marks the case complete
