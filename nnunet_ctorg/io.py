@@ -101,3 +101,47 @@ def read_ct(path: str | os.PathLike, what: str):
         raise ValueError(f"{what}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel")
     check_finite(image, path, what)
     return image
+
+
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """File name without its image ending (``CASE.nii.gz`` -> ``CASE``)."""
+    name = Path(path).name
+    return next((name[: -len(e)] for e in IMAGE_ENDINGS if name.endswith(e)), name)
+
+
+def list_images(folder: str | os.PathLike, what: str = "input folder") -> list[Path]:
+    """Image files (``IMAGE_ENDINGS``) of ``folder``, sorted; hidden temporary files are left out."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} not found: {folder}")
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.name.endswith(IMAGE_ENDINGS) and not p.name.startswith("."))
+
+
+def load_label_map(path: str | os.PathLike) -> dict[str, int]:
+    """Organ name -> label id from an nnU-Net ``dataset.json`` (``"labels": {name: id}``) or a TotalSegmentator-style
+    ``{id: name}`` JSON file. Region labels (lists of ids) are not supported."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"label file {path} is not valid JSON ({e})") from None
+    spec = spec.get("labels", spec) if isinstance(spec, dict) else spec
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError(f"label file {path}: expected {{name: id}} or {{id: name}} mapping")
+    if all(str(k).isdigit() for k in spec):
+        labels = {str(v): int(k) for k, v in spec.items()}
+    else:
+        bad = {k: v for k, v in spec.items() if not isinstance(v, int)}
+        if bad:
+            raise ValueError(f"label file {path}: region-based or non-integer labels are not supported: {bad}")
+        labels = {str(k): int(v) for k, v in spec.items()}
+    labels.setdefault("background", 0)
+    return labels

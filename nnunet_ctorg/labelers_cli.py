@@ -5,12 +5,6 @@ import sys
 from functools import partial
 from pathlib import Path
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
-
-
-def _stem(path: Path) -> str:
-    return next(path.name[: -len(e)] for e in IMAGE_ENDINGS if path.name.endswith(e))
-
 
 def label_file(src: Path, dst: Path, organ: str, mode: str) -> None:
     """Label one CT file and write the binary mask (uint8, the CT's geometry) atomically."""
@@ -44,6 +38,7 @@ def _work(item: tuple[Path, Path], organ: str, mode: str) -> tuple[str, str | No
 def label_folder(in_dir: str | Path, out_dir: str | Path, organ: str, mode: str = "paper", num_processes: int = 1,
                  progress: bool = True) -> dict:
     """Label every CT of ``in_dir`` into ``out_dir`` (same file names); finished files are skipped."""
+    from nnunet_ctorg.io import IMAGE_ENDINGS, case_name, list_images
     from nnunet_ctorg.labelers import MODES
     from nnunet_ctorg.parallel import map_with_progress
 
@@ -52,12 +47,10 @@ def label_folder(in_dir: str | Path, out_dir: str | Path, organ: str, mode: str 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if not in_dir.is_dir():
-        raise FileNotFoundError(f"input folder not found: {in_dir}")
-    files = sorted(p for p in in_dir.iterdir() if p.is_file() and p.name.endswith(IMAGE_ENDINGS))
+    files = list_images(in_dir)
     if not files:
         raise ValueError(f"no CT files ({', '.join(IMAGE_ENDINGS)}) in {in_dir}")
-    items = [(p, out_dir / f"{_stem(p)}.nii.gz") for p in files]
+    items = [(p, out_dir / f"{case_name(p)}.nii.gz") for p in files]
     todo = [i for i in items if not i[1].is_file()]
     summary = {"written": [], "skipped": [s.name for s, d in items if d.is_file()], "failed": {}}
     work = partial(_work, organ=organ, mode=mode)

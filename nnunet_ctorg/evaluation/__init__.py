@@ -1,0 +1,1 @@
+"""Evaluation metrics, per-organ statistics and previews of segmentations (SPEC §8)."""
