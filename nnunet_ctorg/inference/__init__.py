@@ -1,0 +1,1 @@
+"""Low-RAM inference: body-contour cropping and cranio-caudal chunked prediction (SPEC §7)."""

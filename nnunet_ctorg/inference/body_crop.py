@@ -1,0 +1,146 @@
+"""Body contour of a CT, the crop to it and the exact undoing of that crop (SPEC §7, paper 001 §2.4).
+
+Per axial slice the voxels in [low_hu, high_hu] (reference code: -300..2000 HU) are taken, their holes
+filled and islands smaller than ``min_island_mm2`` removed (tubes, cables); in 3-D the largest
+component is the body. Other components of at least ``min_part_ml`` whose centre lies within the
+body's anterior-posterior extent are kept too: arms and hands lying beside the trunk, which a chunk
+of the scan shows apart from it. The table (posterior to the body) and blankets (anterior) go.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BodyCropSettings:
+    """Parameters of the body contour and crop; defaults follow the reference code of paper 001."""
+
+    low_hu: float = -300.0
+    high_hu: float = 2000.0
+    min_island_mm2: float = 100.0
+    min_part_ml: float = 20.0
+    margin_mm: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.low_hu < self.high_hu:
+            raise ValueError(f"low_hu must be below high_hu, got {self.low_hu} and {self.high_hu}")
+        for name in ("min_island_mm2", "min_part_ml", "margin_mm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis: int = 0, ap_axis: int = 1,
+                 settings: BodyCropSettings = BodyCropSettings()) -> np.ndarray:
+    """Boolean body mask of a 3-D CT in HU; ``spacing`` per array axis in mm.
+
+    ``axial_axis`` is the cranio-caudal array axis (slices are taken across it), ``ap_axis`` the
+    anterior-posterior one. Returns an all-False mask when no body is found.
+    """
+    import cc3d
+    import fill_voids
+
+    if hu.ndim != 3:
+        raise ValueError(f"body contour needs a 3-D volume, got shape {hu.shape}")
+    if axial_axis == ap_axis or {axial_axis, ap_axis} - {0, 1, 2}:
+        raise ValueError(f"axial_axis and ap_axis must be two different axes of 0..2, got {axial_axis}, {ap_axis}")
+    mask = (hu >= settings.low_hu) & (hu <= settings.high_hu)
+    in_plane = [s for a, s in enumerate(spacing) if a != axial_axis]
+    min_pixels = int(np.ceil(settings.min_island_mm2 / (in_plane[0] * in_plane[1])))
+    m = np.moveaxis(mask, axial_axis, 0)  # a view: slices are written into ``mask``
+    for z in range(m.shape[0]):
+        if m[z].any():
+            filled = fill_voids.fill(m[z], in_place=False)
+            m[z] = cc3d.dust(filled, threshold=min_pixels, connectivity=8) if min_pixels > 1 else filled
+    if not mask.any():
+        return mask
+    components, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    body = int(np.argmax(sizes))
+    keep = np.zeros(n + 1, bool)
+    keep[body] = True
+    min_voxels = settings.min_part_ml * 1000.0 / float(np.prod(spacing))
+    candidates = np.flatnonzero(sizes >= max(min_voxels, 1))
+    if candidates.size > 1:
+        stats = cc3d.statistics(components)
+        bodies = stats["bounding_boxes"]
+        ap_lo, ap_hi = bodies[body][ap_axis].start, bodies[body][ap_axis].stop
+        for label in candidates:
+            centre = stats["centroids"][label][ap_axis]
+            keep[label] |= ap_lo <= centre < ap_hi
+    return keep[components]
+
+
+def body_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask`` widened by ``margin_mm`` per side and clipped to the array; ``None`` if empty."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        pad = int(np.ceil(margin_mm / spacing[axis]))
+        box.append(slice(max(int(hit[0]) - pad, 0), min(int(hit[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(box)
+
+
+def image_axes(image) -> tuple[int, int]:
+    """Array axes (of ``sitk.GetArrayFromImage``) that run cranio-caudally and anterior-posteriorly.
+
+    Raises ``ValueError`` when the image is oblique enough that slices cannot be called axial.
+    """
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)  # columns: image axes in LPS
+    axes = []
+    for physical, name in ((2, "cranio-caudal"), (1, "anterior-posterior")):
+        cosines = np.abs(direction[physical])
+        k = int(np.argmax(cosines))
+        if cosines[k] < 0.8:
+            raise ValueError(f"no image axis runs {name} (direction {np.round(direction.ravel(), 2).tolist()}): "
+                             f"the scan is too oblique to be cut into axial chunks")
+        axes.append(2 - k)  # image axis k is array axis 2 - k
+    return axes[0], axes[1]
+
+
+def crop_image_to_body(image, settings: BodyCropSettings = BodyCropSettings(), what: str = "image"):
+    """(cropped SimpleITK image, box as array slices); the crop keeps its physical position.
+
+    Raises ``ValueError`` naming ``what`` when no body is found.
+    """
+    import SimpleITK as sitk
+
+    axial, ap = image_axes(image)
+    hu = sitk.GetArrayViewFromImage(image)
+    spacing = image.GetSpacing()[::-1]
+    box = body_box(body_contour(hu, spacing, axial, ap, settings), spacing, settings.margin_mm)
+    if box is None:
+        raise ValueError(f"{what}: no body found (no voxel between {settings.low_hu:g} and {settings.high_hu:g} HU "
+                         f"in a part of at least {settings.min_island_mm2:g} mm²)")
+    index = [box[2].start, box[1].start, box[0].start]
+    size = [box[2].stop - box[2].start, box[1].stop - box[1].start, box[0].stop - box[0].start]
+    return sitk.RegionOfInterest(image, size, index), box
+
+
+def uncrop_image(cropped, reference, fill: float = 0):
+    """Put ``cropped`` back into the grid of ``reference`` (voxels outside the crop = ``fill``).
+
+    The crop must lie on the reference's voxel grid (as :func:`crop_image_to_body` makes it).
+    """
+    import SimpleITK as sitk
+
+    if not np.allclose(cropped.GetSpacing(), reference.GetSpacing(), atol=1e-4) or not np.allclose(
+            cropped.GetDirection(), reference.GetDirection(), atol=1e-4):
+        raise ValueError("the cropped image and the reference differ in spacing or direction")
+    continuous = reference.TransformPhysicalPointToContinuousIndex(cropped.GetOrigin())
+    index = np.round(continuous).astype(int)
+    if not np.allclose(continuous, index, atol=1e-3):
+        raise ValueError(f"the cropped image is not on the reference's voxel grid (offset {np.round(continuous, 3)})")
+    size = np.array(cropped.GetSize())
+    if np.any(index < 0) or np.any(index + size > np.array(reference.GetSize())):
+        raise ValueError(f"the cropped image (index {index.tolist()}, size {size.tolist()}) is not inside the "
+                         f"reference of size {list(reference.GetSize())}")
+    array = np.full(reference.GetSize()[::-1], fill, dtype=sitk.GetArrayViewFromImage(cropped).dtype)
+    array[index[2]:index[2] + size[2], index[1]:index[1] + size[1], index[0]:index[0] + size[0]] = \
+        sitk.GetArrayViewFromImage(cropped)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(reference)
+    return out
