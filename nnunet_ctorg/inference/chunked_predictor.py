@@ -12,6 +12,8 @@ labels as uint8.
 
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +22,12 @@ import numpy as np
 from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_box, body_contour, image_axes
 from nnunet_ctorg.inference.chunks import ChunkStitcher, chunk_layout
 
-# Bytes of RAM per voxel of a chunk, per class, and fixed, as measured on nnU-Net 2.8.1 on the CPU
-# (benchmarks/chunked_inference.py): input copies, logits and probabilities on the chunk's grid, the
-# argmax and our blending buffers. Used to choose the chunk length from --max_ram_gb.
-BYTES_PER_VOXEL_FIXED = 24.0
-BYTES_PER_VOXEL_PER_CLASS = 12.0
+# RAM per voxel of a chunk (input copies in nnU-Net's preprocessing, one resampled class channel with
+# its float64 temporary, the running maximum and its class) and per voxel and class of an overlap
+# (logits of the head and tail, the blend), from nnU-Net 2.8.1 on the CPU
+# (benchmarks/chunked_inference.py). Used to choose the chunk length from --max_ram_gb.
+BYTES_PER_CHUNK_VOXEL = 32.0
+BYTES_PER_OVERLAP_VOXEL_PER_CLASS = 12.0
 
 
 def current_rss_gb() -> float:
@@ -46,22 +49,25 @@ def peak_rss_gb() -> float:
 
 @dataclass
 class ChunkSettings:
-    """Chunk length and overlap in mm (``chunk_mm=None``: from ``max_ram_gb``; both ``None``: whole scan)."""
+    """Chunk length and overlap in mm.
 
-    chunk_mm: float | None = 300.0
+    ``chunk_mm="auto"``: 300 mm but at least the network's patch plus the overlap; ``None``: from
+    ``max_ram_gb``, or the whole scan when that is ``None`` too. Chunks are at least three overlaps long.
+    """
+
+    chunk_mm: float | str | None = "auto"
     overlap_mm: float = 50.0
     max_ram_gb: float | None = None
 
     def __post_init__(self) -> None:
-        if self.chunk_mm is not None and self.chunk_mm <= 0:
-            raise ValueError(f"chunk_mm must be > 0, got {self.chunk_mm}")
+        if self.chunk_mm not in (None, "auto") and not (isinstance(self.chunk_mm, (int, float)) and self.chunk_mm > 0):
+            raise ValueError(f"chunk_mm must be > 0, 'auto' or None, got {self.chunk_mm!r}")
         if self.overlap_mm < 0:
             raise ValueError(f"overlap_mm must be >= 0, got {self.overlap_mm}")
         if self.max_ram_gb is not None and self.max_ram_gb <= 0:
             raise ValueError(f"max_ram_gb must be > 0, got {self.max_ram_gb}")
-        if self.chunk_mm is not None and 3 * self.overlap_mm > self.chunk_mm:
-            raise ValueError(f"overlap_mm ({self.overlap_mm:g}) must be at most a third of chunk_mm "
-                             f"({self.chunk_mm:g})")
+        if isinstance(self.chunk_mm, (int, float)) and self.overlap_mm >= self.chunk_mm:
+            raise ValueError(f"overlap_mm ({self.overlap_mm:g}) must be smaller than chunk_mm ({self.chunk_mm:g})")
 
 
 def chunk_slices_for_budget(max_ram_gb: float, base_gb: float, slice_voxels: int, n_classes: int,
@@ -71,12 +77,13 @@ def chunk_slices_for_budget(max_ram_gb: float, base_gb: float, slice_voxels: int
     ``base_gb`` is what the process holds before the case (model, libraries); ``volume_bytes`` the CT
     and label volume of the case. Raises ``ValueError`` when not even a chunk of three overlaps fits.
     """
-    per_slice = slice_voxels * (BYTES_PER_VOXEL_FIXED + BYTES_PER_VOXEL_PER_CLASS * n_classes)
-    free = max_ram_gb * 1024**3 - base_gb * 1024**3 - volume_bytes - overlap_slices * slice_voxels * 4 * n_classes
+    per_slice = slice_voxels * BYTES_PER_CHUNK_VOXEL
+    overlaps = 2 * overlap_slices * slice_voxels * n_classes * BYTES_PER_OVERLAP_VOXEL_PER_CLASS
+    free = max_ram_gb * 1024**3 - base_gb * 1024**3 - volume_bytes - overlaps
     slices = int(free // per_slice)
     needed = max(3 * overlap_slices, 8)
-    if slices < needed:
-        need_gb = (base_gb * 1024**3 + volume_bytes + (needed + overlap_slices) * per_slice) / 1024**3
+    if slices < needed:  # below three overlaps the layout cannot blend
+        need_gb = (base_gb * 1024**3 + volume_bytes + overlaps + needed * per_slice) / 1024**3
         raise ValueError(f"--max_ram_gb {max_ram_gb:g} is too small for this scan: about {need_gb:.1f} GB are needed "
                          f"for chunks of {needed} slices (the model alone holds {base_gb:.1f} GB)")
     return slices
@@ -110,27 +117,35 @@ class ChunkedPredictor:
             return 0.0 if k == 0 else float("inf")
         return float(cm.patch_size[k] * cm.spacing[k])
 
-    def layout_for(self, image) -> tuple[int, list[tuple[int, int]]]:
+    def layout_for(self, image, what: str = "image") -> tuple[int, list[tuple[int, int]]]:
         """(array axis of the chunks, chunk ranges) for a SimpleITK image.
 
-        A chunk is never shorter than the network's patch (plus the overlap): a shorter one would be
-        padded and the network would lose the context it was trained with.
+        Default chunk: ``chunk_mm``, but at least the network's patch plus the overlap (a shorter
+        chunk is padded and the network loses context); an explicit ``chunk_mm`` or a RAM budget may
+        go below that, with a warning.
         """
         axial, _ = image_axes(image)
         n = image.GetSize()[::-1][axial]
         spacing = image.GetSpacing()[::-1][axial]
-        overlap = int(np.ceil(self.chunks.overlap_mm / spacing))
-        shortest = max(int(np.ceil(self.patch_mm(axial) / spacing)) + overlap, 3 * overlap, 1)
-        if self.chunks.chunk_mm is None and self.chunks.max_ram_gb is None:
+        settings = self.chunks
+        overlap = int(np.ceil(settings.overlap_mm / spacing))
+        if settings.chunk_mm is None and settings.max_ram_gb is None:
             return axial, [(0, n)]
-        chunk = n if self.chunks.chunk_mm is None else max(int(round(self.chunks.chunk_mm / spacing)), shortest)
-        if self.chunks.max_ram_gb is not None:
-            budget = self._budget_slices(image, axial, overlap)
-            if budget < min(shortest, n):
-                raise ValueError(f"--max_ram_gb {self.chunks.max_ram_gb:g} allows chunks of {budget} slices, but the "
-                                 f"network needs at least {shortest} ({self.patch_mm(axial):.0f} mm patch + overlap)")
-            chunk = min(chunk, budget)
-        return axial, chunk_layout(n, min(chunk, n), overlap, min_length=min(shortest, n))
+        recommended = int(np.ceil(self.patch_mm(axial) / spacing)) + overlap
+        if settings.chunk_mm is None:
+            chunk = n
+        elif settings.chunk_mm == "auto":
+            chunk = max(int(round(300.0 / spacing)), recommended)
+        else:
+            chunk = int(round(settings.chunk_mm / spacing))
+        if settings.max_ram_gb is not None:
+            chunk = min(chunk, self._budget_slices(image, axial, overlap))
+        chunk = max(chunk, 3 * overlap, 1)
+        if chunk < min(recommended, n):
+            warnings.warn(f"{what}: chunks of {chunk * spacing:.0f} mm are shorter than the network's patch plus the "
+                          f"overlap ({recommended * spacing:.0f} mm): expect less agreement with whole-image "
+                          f"prediction", stacklevel=2)
+        return axial, chunk_layout(n, min(chunk, n), overlap, min_length=min(chunk, recommended, n))
 
     def _budget_slices(self, image, axial: int, overlap: int) -> int:
         shape = image.GetSize()[::-1]
@@ -139,33 +154,47 @@ class ChunkedPredictor:
         return chunk_slices_for_budget(self.chunks.max_ram_gb, self.base_gb, slice_voxels, self.n_classes, overlap,
                                        volume_bytes)
 
-    def predict_chunk(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-        """Class probabilities (C, *hu.shape) of one (z, y, x) block, through nnU-Net's pipeline."""
+    def chunk_logits(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> Iterator[np.ndarray]:
+        """Class logits of one (z, y, x) block on its own grid, one class at a time, through nnU-Net's pipeline.
+
+        nnU-Net's preprocessing, sliding window (TTA, all folds) and its probability resampling function
+        are used as ``nnUNetPredictor`` uses them; the export is streamed per class, so the block never
+        holds C full-size float arrays (nnU-Net's export holds three such arrays).
+        """
         import torch
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         p = self.predictor
-        data, _, properties = self.preprocessor.run_case_npy(
-            hu[None].astype(np.float32), None, {"spacing": list(spacing)}, p.plans_manager,
-            p.configuration_manager, p.dataset_json)
-        logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        pm, cm = p.plans_manager, p.configuration_manager
+        data, _, props = self.preprocessor.run_case_npy(hu[None].astype(np.float32), None, {"spacing": list(spacing)},
+                                                        pm, cm, p.dataset_json)
+        logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
         del data
-        _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, p.plans_manager, p.configuration_manager, p.label_manager, properties, return_probabilities=True)
-        return probabilities
+        before_resampling = props["shape_after_cropping_and_before_resampling"]
+        spacing_t = [props["spacing"][i] for i in pm.transpose_forward]
+        current = cm.spacing if len(cm.spacing) == len(before_resampling) else [spacing_t[0], *cm.spacing]
+        bbox, full_shape = props["bbox_used_for_cropping"], props["shape_before_cropping"]
+        cropped = any(lo != 0 or hi != n for (lo, hi), n in zip(bbox, full_shape))
+        for c in range(logits.shape[0]):
+            channel = cm.resampling_fn_probabilities(logits[c:c + 1], before_resampling, current, spacing_t)[0]
+            channel = np.asarray(channel, dtype=np.float32)
+            if cropped:  # nnU-Net cropped to non-zero voxels: outside is background
+                out = np.full(full_shape, 0.0 if c == 0 else -1e4, np.float32)
+                out[tuple(slice(lo, hi) for lo, hi in bbox)] = channel
+                channel = out
+            yield channel.transpose(pm.transpose_backward)
 
     def predict_image(self, image, progress: bool = False, what: str = "image") -> np.ndarray:
         """uint8 labels (array order of ``sitk.GetArrayFromImage``) of a SimpleITK CT image."""
         import SimpleITK as sitk
         from tqdm import tqdm
 
-        axial, layout = self.layout_for(image)
+        axial, layout = self.layout_for(image, what)
         ap = image_axes(image)[1]
         hu = sitk.GetArrayViewFromImage(image)
         spacing = image.GetSpacing()[::-1]
-        dtype = np.uint8 if self.n_classes <= 256 else np.uint16
-        labels = np.zeros(hu.shape, dtype=dtype)
-        stitcher = ChunkStitcher(labels, layout, axial)
+        labels = np.zeros(hu.shape, dtype=np.uint8 if self.n_classes <= 256 else np.uint16)
+        blend = int(np.ceil(self.chunks.overlap_mm / spacing[axial]))
+        stitcher = ChunkStitcher(labels, layout, self.n_classes, axial, blend=blend)
         found_body = False
         for start, stop in tqdm(layout, desc=f"{what} chunks", unit="chunk", leave=False, disable=not progress):
             index = [slice(None)] * 3
@@ -175,22 +204,16 @@ class ChunkedPredictor:
             if self.body_crop is not None:
                 box = body_box(body_contour(block, spacing, axial, ap, self.body_crop), spacing,
                                self.body_crop.margin_mm)
-                if box is None:  # only air and table in this chunk
-                    empty = np.zeros((self.n_classes, stop - start, 1, 1), np.float32)
-                    empty[0] = 1
-                    stitcher.add(empty, (slice(0, 1), slice(0, 1)))
+                if box is None:  # only air and table in this chunk: background
+                    shape = (stop - start, 1, 1)
+                    stitcher.add_logits((np.full(shape, 0.0 if c == 0 else -1e4, np.float32)
+                                         for c in range(self.n_classes)), (slice(0, 1), slice(0, 1)))
                     continue
                 found_body = True
-                full = [slice(None)] * 3
-                full[axial] = slice(None)
-                for a in range(3):
-                    if a != axial:
-                        full[a] = box[a]
-                block = block[tuple(full)]
+                index = [box[a] if a != axial else slice(None) for a in range(3)]
+                block = block[tuple(index)]
                 in_plane = tuple(box[a] for a in range(3) if a != axial)
-            probabilities = self.predict_chunk(block, spacing)
-            stitcher.add(np.moveaxis(probabilities, axial + 1, 1), in_plane)
-            del probabilities
+            stitcher.add_logits((np.moveaxis(c, axial, 0) for c in self.chunk_logits(block, spacing)), in_plane)
         if self.body_crop is not None and not found_body:
             raise ValueError(f"{what}: no body found (no voxel between {self.body_crop.low_hu:g} and "
                              f"{self.body_crop.high_hu:g} HU in a part of at least "
@@ -264,6 +287,7 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
         summary["predicted"].append(name)
         summary["seconds"][name] = round(time.perf_counter() - t, 2)
     summary["peak_rss_gb"] = round(peak_rss_gb(), 3)
+    summary["base_rss_gb"] = round(chunked.base_gb, 3)
     write_text_atomic(json.dumps(summary, indent=2), out_dir / f"chunked_prediction_summary_part{part_id}.json")
     return summary
 

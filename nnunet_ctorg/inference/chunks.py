@@ -6,7 +6,6 @@ to 1), then the argmax is taken: no hard cut. Only the current chunk and the ove
 for the next chunk are held as floats; finished slices go straight into the uint8 label volume.
 """
 
-from collections.abc import Callable
 
 import numpy as np
 
@@ -50,21 +49,50 @@ def _expand(probabilities: np.ndarray, box: tuple[slice, slice], to: tuple[slice
     return out
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0, in place on a float array (returned)."""
+    logits -= logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
+
+
 class ChunkStitcher:
-    """Collects chunk probabilities in layout order and writes labels into ``labels`` as slices finish.
+    """Collects chunks in layout order and writes labels into ``labels`` as slices finish.
+
+    A chunk arrives as its class logits one channel at a time (:meth:`add_logits`), so that a chunk
+    never holds more than one full-size float channel: outside the overlaps only the running maximum
+    and its class are kept (the argmax); inside them the logits of all classes, turned into
+    probabilities and blended.
+
+    Where two chunks overlap by more than ``blend`` slices, only the ``blend`` slices in the middle of the
+    overlap are blended; on either side the chunk whose interior the slice is in decides (both chunks still
+    give the network the context of the whole overlap).
 
     Args:
-        labels: the output label volume (any integer dtype), filled in place.
+        labels: the output label volume (uint8 or uint16), filled in place.
         layout: ranges from :func:`chunk_layout` along ``axis``.
+        n_classes: number of classes (channels) of every chunk.
         axis: array axis of the chunks.
+        blend: most slices blended per overlap (``None``: the whole overlap; 0: a hard cut in its middle).
     """
 
-    def __init__(self, labels: np.ndarray, layout: list[tuple[int, int]], axis: int = 0) -> None:
+    def __init__(self, labels: np.ndarray, layout: list[tuple[int, int]], n_classes: int, axis: int = 0,
+                 blend: int | None = None) -> None:
         if labels.ndim != 3 or axis not in range(3):
             raise ValueError(f"labels must be 3-D and axis in 0..2, got shape {labels.shape} and axis {axis}")
         if layout[0][0] != 0 or layout[-1][1] != labels.shape[axis]:
             raise ValueError(f"layout {layout[0]}..{layout[-1]} does not cover 0..{labels.shape[axis]}")
-        self.layout = layout
+        if not 2 <= n_classes <= np.iinfo(labels.dtype).max + 1:
+            raise ValueError(f"n_classes must be in 2..{np.iinfo(labels.dtype).max + 1}, got {n_classes}")
+        if blend is not None and blend < 0:
+            raise ValueError(f"blend must be >= 0 slices, got {blend}")
+        self.layout, self.n_classes = layout, n_classes
+        self._zones = []  # blended slices [a, b) between chunk i and i + 1
+        for (_, stop), (start, _) in zip(layout, layout[1:]):
+            width = stop - start if blend is None else min(blend, stop - start)
+            a = start + (stop - start - width) // 2
+            self._zones.append((a, a + width))
         self._labels = np.moveaxis(labels, axis, 0)  # a view: chunks run along its first axis
         self._next = 0
         self._pending: tuple[np.ndarray, tuple[slice, slice]] | None = None  # overlap with the next chunk
@@ -74,12 +102,16 @@ class ChunkStitcher:
         return self._next == len(self.layout)
 
     def add(self, probabilities: np.ndarray, box: tuple[slice, slice] | None = None) -> None:
-        """Add the probabilities of the next chunk of the layout.
+        """Add the next chunk as (C, chunk length, *box) probabilities (see :meth:`add_logits`)."""
+        self.add_logits((np.log(np.maximum(p, 1e-30)) for p in probabilities), box)
+
+    def add_logits(self, channels, box: tuple[slice, slice] | None = None) -> None:
+        """Add the next chunk of the layout.
 
         Args:
-            probabilities: (C, chunk length, *in-plane) with the chunk axis first among the spatial
-                axes (as :func:`numpy.moveaxis` puts it), class 0 = background.
-            box: in-plane region the probabilities cover (the body crop); the rest is background.
+            channels: iterable of ``n_classes`` float arrays of shape (chunk length, *box), the chunk
+                axis first; class 0 = background. Logits or log-probabilities.
+            box: in-plane region the chunk covers (the body crop); the rest is background.
         """
         if self.finished:
             raise ValueError("all chunks have been added already")
@@ -87,26 +119,47 @@ class ChunkStitcher:
         plane = self._labels.shape[1:]
         box = box or (slice(0, plane[0]), slice(0, plane[1]))
         expected = (stop - start, box[0].stop - box[0].start, box[1].stop - box[1].start)
-        if probabilities.ndim != 4 or probabilities.shape[1:] != expected:
-            raise ValueError(f"chunk {self._next} ({start}..{stop}): probabilities of shape {probabilities.shape}, "
-                             f"expected (C, {', '.join(map(str, expected))})")
-        done_from = start
-        if self._pending is not None:
+        i = self._next
+        is_last = i == len(self.layout) - 1
+        zone_in = self._zones[i - 1] if i > 0 else (start, start)
+        zone_out = self._zones[i] if not is_last else (stop, stop)
+        head_sl = slice(zone_in[0] - start, zone_in[1] - start)
+        mid = slice(zone_in[1] - start, zone_out[0] - start)
+        tail_sl = slice(zone_out[0] - start, zone_out[1] - start)
+        n_head = zone_in[1] - zone_in[0]
+        head = tail = best = best_class = None
+        n = 0
+        for c, logits in enumerate(channels):
+            if c >= self.n_classes or logits.shape != expected:
+                raise ValueError(f"chunk {self._next} ({start}..{stop}): channel {c} of shape {logits.shape}, "
+                                 f"expected {self.n_classes} channels of shape {expected}")
+            if head is None:
+                head = np.empty((self.n_classes, n_head, *expected[1:]), np.float32)
+                tail = np.empty((self.n_classes, zone_out[1] - zone_out[0], *expected[1:]), np.float32)
+                best = np.array(logits[mid], dtype=np.float32)
+                best_class = np.zeros(best.shape, self._labels.dtype)
+            else:
+                part = logits[mid]
+                better = part > best
+                best[better] = part[better]
+                best_class[better] = c
+            head[c] = logits[head_sl]
+            tail[c] = logits[tail_sl]
+            n += 1
+        if n != self.n_classes:
+            raise ValueError(f"chunk {self._next}: {n} channels, expected {self.n_classes}")
+        if self._pending is not None and n_head:
             previous, previous_box = self._pending
-            n = previous.shape[1]
             union = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(previous_box, box))
-            w = ramp(n)[None, :, None, None]
-            mixed = _expand(previous, previous_box, union) * (1 - w) + _expand(probabilities[:, :n], box, union) * w
-            self._write(start, start + n, np.argmax(mixed, axis=0), union)
+            w = ramp(n_head)[None, :, None, None]
+            mixed = _expand(previous, previous_box, union) * (1 - w) + _expand(softmax(head), box, union) * w
+            self._write(zone_in[0], zone_in[1], np.argmax(mixed, axis=0), union)
             del mixed
-            done_from, self._pending = start + n, None
-        is_last = self._next == len(self.layout) - 1
-        keep_from = stop if is_last else self.layout[self._next + 1][0]
-        if keep_from > done_from:
-            self._write(done_from, keep_from, np.argmax(probabilities[:, done_from - start:keep_from - start], axis=0),
-                        box)
+        self._pending = None
+        if mid.stop > mid.start:
+            self._write(start + mid.start, start + mid.stop, best_class, box)
         if not is_last:
-            self._pending = (probabilities[:, keep_from - start:].copy(), box)
+            self._pending = (softmax(tail), box)
         self._next += 1
 
     def _write(self, start: int, stop: int, labels: np.ndarray, box: tuple[slice, slice]) -> None:

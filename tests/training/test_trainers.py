@@ -163,3 +163,15 @@ def test_demo_trainer_mirrors_in_training_but_not_at_inference(planned_dataset):
     plain = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
     plain.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert plain.inference_allowed_mirroring_axes == mirror_axes
+
+
+def test_demo_trainer_warms_up_with_cross_entropy_then_trains_on_iou_alone(planned_dataset):
+    trainer = _trainer(ours.CTOrgIOUTrainer_demo, *planned_dataset)
+    trainer.initialize()
+    weights = []
+    for epoch in (0, trainer.ce_warmup_epochs - 1, trainer.ce_warmup_epochs, trainer.num_epochs - 1):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        weights.append(trainer.loss.loss.weight_ce)
+    assert weights == [1.0, 1.0, 0.0, 0.0]
+    assert isinstance(trainer.loss.loss.dc, SoftIoULoss)

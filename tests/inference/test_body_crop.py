@@ -1,0 +1,118 @@
+"""Body contour, crop and exact uncrop on phantoms and the real CT."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ctorg.inference.body_crop import (
+    BodyCropSettings,
+    body_box,
+    body_contour,
+    crop_image_to_body,
+    image_axes,
+    uncrop_image,
+)
+from nnunet_ctorg.inference.cli import crop_body_main, uncrop_body_main
+
+
+def test_crop_uncrop_round_trip_keeps_geometry_and_voxels(phantom):
+    image = phantom.to_sitk(phantom.ct)
+    cropped, box = crop_image_to_body(image)
+    assert np.prod(cropped.GetSize()) < 0.8 * np.prod(image.GetSize())
+    assert np.allclose(cropped.GetOrigin(), image.TransformIndexToPhysicalPoint([box[2].start, box[1].start,
+                                                                                box[0].start]))
+    back = uncrop_image(cropped, image, fill=-1024)
+    assert back.GetSize() == image.GetSize() and back.GetOrigin() == image.GetOrigin()
+    assert back.GetDirection() == image.GetDirection()
+    a, b = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(back)
+    assert np.array_equal(a[box], b[box])
+    assert np.all(b[~_inside(box, b.shape)] == -1024)
+
+
+def _inside(box, shape):
+    m = np.zeros(shape, bool)
+    m[box] = True
+    return m
+
+
+def test_table_removed_and_every_organ_voxel_kept_on_a_phantom(phantom):
+    spacing = phantom.spacing[::-1]
+    mask = body_contour(phantom.ct, spacing)
+    assert np.all(mask[phantom.structures > 0])
+    dense_outside = (phantom.ct > -300) & ~mask
+    assert dense_outside.sum() > 1000  # the table is there and is not body
+    ap_rows = np.nonzero(mask.any(axis=(0, 2)))[0]
+    table_rows = np.nonzero(dense_outside.any(axis=(0, 2)))[0]
+    assert np.median(table_rows) < ap_rows[0] + 5 or np.median(table_rows) > ap_rows[-1] - 5
+
+
+def test_every_reference_organ_voxel_of_the_real_ct_is_kept(real_ct_dir):
+    ct = sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz"))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_seg.nii.gz")))
+    hu = sitk.GetArrayFromImage(ct)
+    mask = body_contour(hu, ct.GetSpacing()[::-1])
+    assert np.all(mask[seg > 0])
+    assert hu[mask].mean() > -200  # mostly tissue, not air
+    cropped, box = crop_image_to_body(ct)
+    assert np.count_nonzero(seg[box]) == np.count_nonzero(seg)
+    assert (hu[~mask] > -300).sum() > 0  # the table rows are left out of the body
+
+
+def test_arms_beside_the_trunk_stay_in_a_chunk():
+    from nnunet_ctorg.phantoms import generate_phantom
+
+    ph = generate_phantom(seed=2, fov="head_knee", spacing=(4.0, 4.0, 6.0), noise_hu=5)
+    from nnunet_ctorg.labels import TOTALSEG_V2_STRUCTURES
+
+    humerus = [TOTALSEG_V2_STRUCTURES.index(n) + 1 for n in ("humerus_left", "humerus_right")]
+    arm_slices = np.nonzero(np.isin(ph.structures, humerus).any(axis=(1, 2)))[0]
+    chunk = slice(arm_slices[0], arm_slices[0] + 12)  # the lower end of the arms, apart from the trunk
+    arms = np.isin(ph.structures[chunk], humerus)
+    mask = body_contour(ph.ct[chunk], (6.0, 4.0, 4.0))
+    assert np.all(mask[arms])
+    trunk_only = body_contour(ph.ct[chunk], (6.0, 4.0, 4.0), settings=BodyCropSettings(min_part_ml=1e9))
+    assert not np.all(trunk_only[arms])  # the arms are apart from the trunk here
+
+
+def test_no_body_and_oblique_scans_are_clear_errors():
+    air = sitk.GetImageFromArray(np.full((8, 20, 20), -1000, np.int16))
+    with pytest.raises(ValueError, match="case7: no body found"):
+        crop_image_to_body(air, what="case7")
+    assert body_box(np.zeros((4, 4, 4), bool), (1, 1, 1), 5) is None
+    oblique = sitk.Image(8, 8, 8, sitk.sitkInt16)
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    oblique.SetDirection((1, 0, 0, 0, c, -s, 0, s, c))
+    with pytest.raises(ValueError, match="too oblique"):
+        image_axes(oblique)
+    with pytest.raises(ValueError, match="margin_mm"):
+        BodyCropSettings(margin_mm=-1)
+
+
+def test_uncrop_rejects_off_grid_crops(phantom):
+    image = phantom.to_sitk(phantom.ct)
+    cropped, _ = crop_image_to_body(image)
+    cropped.SetOrigin(tuple(o + 0.3 for o in cropped.GetOrigin()))
+    with pytest.raises(ValueError, match="not on the reference's voxel grid"):
+        uncrop_image(cropped, image)
+
+
+def test_crop_and_uncrop_commands(phantom, tmp_path, capsys):
+    (tmp_path / "ct").mkdir()
+    sitk.WriteImage(phantom.to_sitk(phantom.ct), str(tmp_path / "ct" / "p_0000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((6, 10, 10), -1000, np.int16)), str(tmp_path / "ct" /
+                                                                                         "air_0000.nii.gz"))
+    with pytest.raises(SystemExit):
+        crop_body_main(["-i", str(tmp_path / "ct"), "-o", str(tmp_path / "crop")])
+    assert "air_0000.nii.gz: air_0000.nii.gz: no body found" in capsys.readouterr().err
+    crop_body_main(["-i", str(tmp_path / "ct"), "-o", str(tmp_path / "crop"), "--on_empty", "skip"])
+    assert sorted(p.name for p in (tmp_path / "crop").iterdir()) == ["p_0000.nii.gz"]
+    cropped = sitk.ReadImage(str(tmp_path / "crop" / "p_0000.nii.gz"))
+    seg = sitk.Cast(sitk.BinaryThreshold(cropped, 200, 3000), sitk.sitkUInt8)
+    (tmp_path / "seg").mkdir()
+    sitk.WriteImage(seg, str(tmp_path / "seg" / "p.nii.gz"))
+    uncrop_body_main(["-i", str(tmp_path / "seg"), "-ref", str(tmp_path / "ct"), "-o", str(tmp_path / "full")])
+    full = sitk.ReadImage(str(tmp_path / "full" / "p.nii.gz"))
+    assert full.GetSize() == phantom.ct.shape[::-1]
+    expected = (phantom.ct >= 200) & (phantom.ct <= 3000)
+    _, box = crop_image_to_body(phantom.to_sitk(phantom.ct))
+    assert np.array_equal(sitk.GetArrayFromImage(full)[box] > 0, expected[box])
