@@ -166,8 +166,15 @@ def test_demo_trainer_mirrors_in_training_but_not_at_inference(planned_dataset):
 
 
 def test_demo_trainer_warms_up_with_cross_entropy_then_trains_on_iou_alone(planned_dataset):
+    from types import SimpleNamespace
+
     trainer = _trainer(ours.CTOrgIOUTrainer_demo, *planned_dataset)
-    trainer.initialize()
+    trainer.loss = trainer._build_loss()  # what initialize() sets, without the preprocessed data it needs
+    trainer.network = torch.nn.Identity()
+    trainer.optimizer = SimpleNamespace(param_groups=[{"lr": 0.01}])
+    trainer.lr_scheduler = SimpleNamespace(step=lambda epoch: None)
+    trainer.logger = SimpleNamespace(log=lambda *args: None)
+    trainer.print_to_log_file = lambda *args, **kwargs: None
     weights = []
     for epoch in (0, trainer.ce_warmup_epochs - 1, trainer.ce_warmup_epochs, trainer.num_epochs - 1):
         trainer.current_epoch = epoch
