@@ -121,18 +121,23 @@ def list_images(folder: str | os.PathLike, what: str = "input folder") -> list[P
                   if p.is_file() and p.name.endswith(IMAGE_ENDINGS) and not p.name.startswith("."))
 
 
-def load_label_map(path: str | os.PathLike) -> dict[str, int]:
-    """Organ name -> label id from an nnU-Net ``dataset.json`` (``"labels": {name: id}``) or a TotalSegmentator-style
-    ``{id: name}`` JSON file. Region labels (lists of ids) are not supported."""
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """Parsed JSON of ``path``; a missing file or invalid JSON raises one clear error naming ``what``."""
     import json
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        spec = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"label file {path} is not valid JSON ({e})") from None
+        raise ValueError(f"{what} {path} is not valid JSON ({e})") from None
+
+
+def load_label_map(path: str | os.PathLike) -> dict[str, int]:
+    """Organ name -> label id from an nnU-Net ``dataset.json`` (``"labels": {name: id}``) or a TotalSegmentator-style
+    ``{id: name}`` JSON file. Region labels (lists of ids) are not supported."""
+    spec = read_json(path, "label file")
     spec = spec.get("labels", spec) if isinstance(spec, dict) else spec
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"label file {path}: expected {{name: id}} or {{id: name}} mapping")

@@ -19,7 +19,6 @@ the organ with the higher unified id wins (documented, deterministic).
 """
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,14 +85,9 @@ class LabelScheme:
         """The scheme in a JSON file, or the default scheme for ``None``."""
         if path is None:
             return cls.from_dict(DEFAULT_SCHEME, "default scheme")
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"scheme file not found: {path}")
-        try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"scheme file {path} is not valid JSON ({e})") from None
-        return cls.from_dict(spec, str(path))
+        from nnunet_ctorg.io import read_json
+
+        return cls.from_dict(read_json(path, "scheme file"), str(path))
 
     def organs_of(self, source: str) -> list[str]:
         """Organs (unified names) that ``source`` annotates, in id order."""

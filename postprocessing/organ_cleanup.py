@@ -21,7 +21,6 @@ Override any row with a JSON file ``{"organ": {"max_components": 1, "min_island_
 "fill_holes": true}}``.
 """
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,13 +73,9 @@ def rules_for_labels(labels: Mapping[str, int], overrides: Mapping[str, Mapping]
 
 
 def load_rule_overrides(path: str | Path) -> dict[str, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"rules file not found: {path}")
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"rules file {path} is not valid JSON ({e})") from None
+    from nnunet_ctorg.io import read_json
+
+    spec = read_json(path, "rules file")
     if not isinstance(spec, dict) or not all(isinstance(v, dict) for v in spec.values()):
         raise ValueError(f"rules file {path}: expected {{organ: {{field: value}}}}")
     return spec
