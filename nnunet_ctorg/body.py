@@ -10,15 +10,13 @@ def body_mask(hu: np.ndarray, low_hu: float = -300.0, high_hu: float = 2000.0) -
     bowel gas), then the largest 3-D component is kept: the table and other objects that do
     not touch the patient go. Raises ``ValueError`` when nothing is in the HU window.
     """
-    import cc3d
-    import fill_voids
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_contour
 
     if hu.ndim != 3:
         raise ValueError(f"body_mask needs a 3-D volume, got shape {hu.shape}")
-    mask = (hu >= low_hu) & (hu <= high_hu)
+    # the body contour without its island and side-part rules: per-slice fill, then the largest component
+    settings = BodyCropSettings(low_hu=low_hu, high_hu=high_hu, min_island_mm2=0.0, min_part_ml=float("inf"))
+    mask = body_contour(hu, (1.0, 1.0, 1.0), settings=settings)
     if not mask.any():
         raise ValueError(f"no voxel between {low_hu} and {high_hu} HU: no body found")
-    for z in range(mask.shape[0]):
-        if mask[z].any():
-            mask[z] = fill_voids.fill(mask[z], in_place=False)
-    return cc3d.largest_k(mask, k=1, connectivity=6) > 0
+    return mask

@@ -99,13 +99,18 @@ def preview_case(pred_path: Path, ct_dir: Path, out_dir: Path, labels: Mapping[s
                  ref_dir: Path | None = None, seg_name: str = "prediction") -> None:
     import SimpleITK as sitk
 
-    from nnunet_ctorg.io import case_name, read_ct, read_image, same_geometry
+    from nnunet_ctorg.io import case_name, list_images, read_ct, read_image, same_geometry
 
     case = case_name(pred_path)
     ct_img = read_ct(find_ct(ct_dir, case), f"{case}: CT")
     segs = {}
     lps = partial(sitk.DICOMOrient, desiredCoordinateOrientation="LPS")
-    paths = ([("reference", next(p for p in Path(ref_dir).iterdir() if case_name(p) == case))] if ref_dir else [])
+    paths = []
+    if ref_dir is not None:
+        refs = [p for p in list_images(ref_dir, "reference folder") if case_name(p) == case]
+        if not refs:
+            raise FileNotFoundError(f"{case}: no reference segmentation in {ref_dir}")
+        paths.append(("reference", refs[0]))
     for name, path in paths + [(seg_name, pred_path)]:
         img = read_image(path, f"{case}: {name}")
         if not same_geometry(img, ct_img):
