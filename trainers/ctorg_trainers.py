@@ -9,5 +9,7 @@ from nnunet_ctorg.training.trainers import (  # noqa: F401
     CTOrgIOUTrainer,
     CTOrgIOUTrainer_5epochs,
     CTOrgIOUTrainer_demo,
+    CTOrgIOUTrainer_nnUNetDA,
+    CTOrgIOUTrainer_NoDA,
     CTOrgIOUTrainer_tiny,
 )

@@ -5,12 +5,21 @@ data-loader workers and checkpoints refer to them by module path). The folder pr
 ``nnunet_ctorg_env`` only re-exports them for nnU-Net's ``nnUNet_extTrainer`` lookup.
 """
 
+from typing import ClassVar
+
 import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
+from nnunet_ctorg.augmentation import (
+    AugmentationParameters,
+    DeviceAugmentation,
+    build_device_augmentation,
+    ct_channel_statistics,
+)
 from nnunet_ctorg.training.loss.iou import SoftIoULoss
 
 
@@ -24,11 +33,63 @@ class CTOrgIOUTrainer(nnUNetTrainer):
     - ``iou_do_bg``: average the IOU over background too (paper default ``True``);
     - ``iou_power``: the exponent m of the eq. 8 family (paper default 1);
     - ``ce_weight``: weight of an added cross-entropy term (0 = IOU only).
+
+    Augmentation runs on the training device (paper 003 §IV): the data-loader workers only load
+    and crop the enlarged patch, ``train_step`` warps, crops and augments the whole batch where it
+    lies and builds the deep-supervision targets there (``nnunet_ctorg.augmentation``). Ranges and
+    probabilities: ``augmentation_parameters``. Configurations the device pipeline does not cover
+    (2-D, cascade, masked normalisation) fall back to nnU-Net's CPU augmentation, with a log line.
+    Validation batches are not augmented.
     """
 
     iou_do_bg: bool = True
     iou_power: float = 1.0
     ce_weight: float = 0.0
+    augment_on_device: ClassVar[bool] = True
+    augmentation_parameters: ClassVar[AugmentationParameters] = AugmentationParameters()
+    device_augmentation: DeviceAugmentation | None = None
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None) -> BasicTransform | None:
+        """CPU side of the augmentation: nothing (the loader crops) when the device pipeline applies."""
+        reason = self._device_augmentation_unsupported(patch_size, use_mask_for_norm, is_cascaded)
+        if reason is not None:
+            if self.augment_on_device:
+                self.print_to_log_file(f"device augmentation not used ({reason}): nnU-Net's CPU augmentation")
+            self.device_augmentation = None
+            return super().get_training_transforms(
+                patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+                use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
+        rotation = max(abs(float(r)) for r in rotation_for_DA) if isinstance(rotation_for_DA, (tuple, list)) \
+            else abs(float(rotation_for_DA))
+        self.device_augmentation = build_device_augmentation(
+            self.augmentation_parameters, patch_size,
+            ct_channel_statistics(self.configuration_manager.normalization_schemes,
+                                  self.plans_manager.foreground_intensity_properties_per_channel),
+            rotation=rotation, in_plane_only=bool(do_dummy_2d_data_aug), mirror_axes=mirror_axes,
+            cranio_caudal_axis=list(self.plans_manager.transpose_forward).index(0),
+            deep_supervision_scales=deep_supervision_scales, regions=regions, ignore_label=ignore_label)
+        self.print_to_log_file(f"augmentation on {self.device}: {self.augmentation_parameters}")
+        return None
+
+    def _device_augmentation_unsupported(self, patch_size, use_mask_for_norm, is_cascaded) -> str | None:
+        if not self.augment_on_device:
+            return "augment_on_device is False"
+        if len(patch_size) != 3:
+            return "2-D configuration"
+        if is_cascaded:
+            return "cascade"
+        if use_mask_for_norm is not None and any(use_mask_for_norm):
+            return "normalisation inside a mask"
+        return None
+
+    def train_step(self, batch: dict) -> dict:
+        if self.device_augmentation is not None:
+            data, target = self.device_augmentation(batch["data"].to(self.device, non_blocking=True),
+                                                    batch["target"].to(self.device, non_blocking=True))
+            batch = {**batch, "data": data, "target": target}
+        return super().train_step(batch)
 
     def _build_loss(self) -> nn.Module:
         loss = super()._build_loss()
@@ -66,6 +127,29 @@ class CTOrgIOUCETrainer(CTOrgIOUTrainer):
     """IOU + cross-entropy (weights 1:1), nnU-Net's Dice+CE recipe with IOU for Dice; for comparison."""
 
     ce_weight = 1.0
+
+
+class CTOrgIOUTrainer_nnUNetDA(CTOrgIOUTrainer):
+    """IOU loss with nnU-Net's CPU augmentation in the data-loader workers (ablation of the device pipeline)."""
+
+    augment_on_device = False
+
+
+class CTOrgIOUTrainer_NoDA(CTOrgIOUTrainer):
+    """IOU loss without augmentation, as ``nnUNetTrainerNoDA``: patch-sized crops, no mirroring (ablation)."""
+
+    augment_on_device = False
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None) -> BasicTransform:
+        return self.get_validation_transforms(deep_supervision_scales, is_cascaded, foreground_labels, regions,
+                                              ignore_label)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, _, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, self.configuration_manager.patch_size, None
 
 
 class CTOrgIOUTrainer_5epochs(CTOrgIOUTrainer):
