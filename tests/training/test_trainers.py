@@ -18,7 +18,7 @@ from nnunet_ctorg.training.loss import SoftIoULoss
 from tests.conftest import nnunet_command
 
 TRAINER_NAMES = ["CTOrgIOUTrainer", "CTOrgIOUCETrainer", "CTOrgIOUTrainer_5epochs", "CTOrgIOUTrainer_tiny",
-                 "CTOrgIOUTrainer_demo"]
+                 "CTOrgIOUTrainer_demo", "CTOrgIOUTrainer_nnUNetDA", "CTOrgIOUTrainer_NoDA"]
 
 
 @pytest.mark.parametrize("name", TRAINER_NAMES)
@@ -143,6 +143,8 @@ def test_nnunetv2_train_and_predict_commands_run_our_trainer_on_cpu(nnunet_env):
     checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "CTOrgIOUTrainer_tiny"
     assert checkpoint["current_epoch"] == 2
+    log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "augmentation on cpu" in log and "CPU augmentation" not in log  # the device pipeline ran
 
     pred_dir = nnunet_env / "pred"
     run("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred_dir), "-d", "991", "-c", "3d_cpu_demo",
@@ -182,3 +184,77 @@ def test_demo_trainer_warms_up_with_cross_entropy_then_trains_on_iou_alone(plann
         weights.append(trainer.loss.loss.weight_ce)
     assert weights == [1.0, 1.0, 0.0, 0.0]
     assert isinstance(trainer.loss.loss.dc, SoftIoULoss)
+
+
+def _training_transforms(trainer):
+    configured = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    rotation, dummy_2d, initial_patch, mirror_axes = configured
+    lm = trainer.label_manager
+    transforms = trainer.get_training_transforms(
+        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), mirror_axes,
+        dummy_2d, use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm, is_cascaded=False,
+        foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
+    return transforms, initial_patch
+
+
+class _DeepSupervisionNet(torch.nn.Module):
+    """Stand-in network: a 1x1x1 convolution whose output is resized to every deep-supervision scale."""
+
+    def __init__(self, n_classes: int, scales):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, n_classes, 1)
+        self.scales, self.seen = scales, []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        y = self.conv(x)
+        return [torch.nn.functional.interpolate(y, [round(s * f) for s, f in zip(x.shape[2:], scale)])
+                for scale in self.scales]
+
+
+def test_iou_trainer_loader_only_crops_and_train_step_augments_on_the_device(planned_dataset):
+    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+    transforms, initial_patch = _training_transforms(trainer)
+    assert transforms is None  # the data-loader workers only load and crop
+    assert trainer.device_augmentation is not None
+    patch = tuple(trainer.configuration_manager.patch_size)
+    assert all(i >= p for i, p in zip(initial_patch, patch)) and tuple(initial_patch) != patch
+
+    scales = trainer._get_deep_supervision_scales()
+    trainer.network = _DeepSupervisionNet(len(trainer.label_manager.all_labels), scales)
+    trainer.loss = trainer._build_loss()
+    trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=0.01)
+    calls = []
+    augmentation = trainer.device_augmentation
+    trainer.device_augmentation = lambda image, labels: calls.append(image.shape) or augmentation(image, labels)
+    batch = {"data": torch.randn((2, 1, *initial_patch)),
+             "target": torch.randint(-1, 7, (2, 1, *initial_patch), dtype=torch.int16), "keys": ["a", "b"]}
+    result = trainer.train_step(batch)
+    assert calls == [(2, 1, *initial_patch)]
+    assert trainer.network.seen == [(2, 1, *patch)]
+    assert np.isfinite(result["loss"])
+
+
+def test_ablation_trainers_keep_nnunets_cpu_augmentation_or_none(planned_dataset):
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    da = _trainer(ours.CTOrgIOUTrainer_nnUNetDA, *planned_dataset)
+    transforms, initial_patch = _training_transforms(da)
+    assert any(isinstance(t, SpatialTransform) for t in transforms.transforms) and da.device_augmentation is None
+    assert isinstance(da._build_loss().loss.dc, SoftIoULoss)
+
+    no_da = _trainer(ours.CTOrgIOUTrainer_NoDA, *planned_dataset)
+    transforms, initial_patch = _training_transforms(no_da)
+    assert not any(isinstance(t, SpatialTransform) for t in transforms.transforms)
+    assert list(initial_patch) == list(no_da.configuration_manager.patch_size)
+    assert no_da.inference_allowed_mirroring_axes is None and no_da.device_augmentation is None
+
+
+def test_device_pipeline_reads_the_plans_ct_normalisation(planned_dataset):
+    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+    _training_transforms(trainer)
+    warp = trainer.device_augmentation.transforms.transforms[0]
+    props = trainer.plans_manager.foreground_intensity_properties_per_channel["0"]
+    assert warp.image_fill == pytest.approx([(props["percentile_00_5"] - props["mean"]) / props["std"]])
+    window = trainer.device_augmentation.transforms.transforms[3]
+    assert window.ct_mean_std == [pytest.approx((props["mean"], props["std"]))]
