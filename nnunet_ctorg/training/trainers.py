@@ -177,12 +177,10 @@ class CTOrgIOUTrainer_demo(CTOrgIOUTrainer):
 
     720 iterations, and no mirroring test-time augmentation at inference (8x fewer network
     passes in the final validation and in ``nnUNetv2_predict``); training still mirrors.
-    The first ``ce_warmup_epochs`` epochs add cross-entropy (weight 1) to the IOU loss: with IOU
-    alone, a small class (bone) whose soft prediction dies in the first iterations gets almost no
-    gradient and never comes back (1 demo run in 5 lost bone that way); afterwards the loss is IOU only.
+    Training is not seeded; with the IOU loss alone a small class can die in the first iterations
+    and never come back (1 demo run in 5 lost bone). Adding cross-entropy in the first 5 epochs was
+    tried and is worse: it drove this small network to predict background only (2 of 2 runs).
     """
-
-    ce_warmup_epochs: int = 5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -195,8 +193,3 @@ class CTOrgIOUTrainer_demo(CTOrgIOUTrainer):
         configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return configured
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        criterion = getattr(self.loss, "loss", self.loss)  # inside the deep-supervision wrapper
-        criterion.weight_ce = 1.0 if self.current_epoch < self.ce_warmup_epochs else self.ce_weight

@@ -167,25 +167,6 @@ def test_demo_trainer_mirrors_in_training_but_not_at_inference(planned_dataset):
     assert plain.inference_allowed_mirroring_axes == mirror_axes
 
 
-def test_demo_trainer_warms_up_with_cross_entropy_then_trains_on_iou_alone(planned_dataset):
-    from types import SimpleNamespace
-
-    trainer = _trainer(ours.CTOrgIOUTrainer_demo, *planned_dataset)
-    trainer.loss = trainer._build_loss()  # what initialize() sets, without the preprocessed data it needs
-    trainer.network = torch.nn.Identity()
-    trainer.optimizer = SimpleNamespace(param_groups=[{"lr": 0.01}])
-    trainer.lr_scheduler = SimpleNamespace(step=lambda epoch: None)
-    trainer.logger = SimpleNamespace(log=lambda *args: None)
-    trainer.print_to_log_file = lambda *args, **kwargs: None
-    weights = []
-    for epoch in (0, trainer.ce_warmup_epochs - 1, trainer.ce_warmup_epochs, trainer.num_epochs - 1):
-        trainer.current_epoch = epoch
-        trainer.on_train_epoch_start()
-        weights.append(trainer.loss.loss.weight_ce)
-    assert weights == [1.0, 1.0, 0.0, 0.0]
-    assert isinstance(trainer.loss.loss.dc, SoftIoULoss)
-
-
 def _training_transforms(trainer):
     configured = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     rotation, dummy_2d, initial_patch, mirror_axes = configured
