@@ -163,10 +163,13 @@ class ChunkedPredictor:
         """
         import torch
 
+        from nnunet_ctorg.planning.antialiasing import with_antialiasing
+
         p = self.predictor
         pm, cm = p.plans_manager, p.configuration_manager
+        # a configuration planned with anti-aliasing (nnunet_ctorg_plan_and_preprocess) is preprocessed with it
         data, _, props = self.preprocessor.run_case_npy(hu[None].astype(np.float32), None, {"spacing": list(spacing)},
-                                                        pm, cm, p.dataset_json)
+                                                        pm, with_antialiasing(cm), p.dataset_json)
         logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
         del data
         before_resampling = props["shape_after_cropping_and_before_resampling"]
