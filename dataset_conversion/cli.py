@@ -83,14 +83,82 @@ def merge_main() -> None:
     parser.add_argument("--unannotated", choices=sorted(UNANNOTATED_STRATEGIES), default="ignore",
                         help="what unannotated organs become: 'background' (naive), 'ignore' (nnU-Net's ignore "
                              "label on the unlabelled voxels inside the body of a case whose source lacks some "
-                             "organs; outside air stays background) or 'pseudo' (teacher predictions; see the "
-                             "pseudo-label command). Default: ignore")
+                             "organs; outside air stays background) or 'pseudo' (filled by --teacher models, "
+                             "as nnunet_ctorg_complete_dataset does). Default: ignore")
     parser.add_argument("-np", type=int, default=1, help="number of worker processes. Default: 1")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad case")
+    _completion_flags(parser, required=False)
     args = parser.parse_args()
     try:
+        teachers = _teachers(args) if args.teacher else None
         out = merge_datasets(args.i, raw_root(args.o), args.d, args.name, args.unannotated, args.np, args.strict,
-                             progress=True)
+                             progress=True, teachers=teachers, **_completion_options(args))
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_merge_datasets: error: {e}")
+    print(f"nnU-Net dataset: {out}")
+
+
+def _completion_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--teacher", action="append", required=required, metavar="NAME=SOURCE[:organ,...]",
+                        help="a pseudo-label teacher (repeatable): SOURCE is an nnU-Net model folder (its labels "
+                             "are matched to the scheme by name; folds: all that have a checkpoint_final.pth) or "
+                             "'lungs'/'bones' (the morphology labelers); ':organ,...' restricts what it may fill")
+    parser.add_argument("--priority", action="append", default=[], metavar="TEACHER:ORGAN=VALUE",
+                        help="override a teacher's priority for an organ (default: its nnU-Net validation Dice; "
+                             "morphology: lungs 0.978, bone 0.932 from paper 003). Higher wins where proposals "
+                             "overlap (repeatable)")
+    parser.add_argument("--confidence", type=float, default=None,
+                        help="winning pseudo labels whose teacher probability is below this become the ignore "
+                             "label (0-1). Default: off")
+    parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"], help="teacher device. Default: cpu")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
+
+
+def _teachers(args) -> list:
+    from nnunet_ctorg.dataset_conversion.completion import parse_teacher
+
+    teachers = {t.name: t for t in (parse_teacher(spec) for spec in args.teacher)}
+    for item in args.priority:
+        key, _, value = item.partition("=")
+        teacher, _, organ = key.partition(":")
+        if teacher not in teachers or not organ:
+            raise ValueError(f"--priority {item!r}: expected TEACHER:ORGAN=VALUE with a teacher among "
+                             f"{sorted(teachers)}")
+        try:
+            teachers[teacher].priority[organ] = float(value)
+        except ValueError:
+            raise ValueError(f"--priority {item!r}: {value!r} is not a number") from None
+    return list(teachers.values())
+
+
+def _completion_options(args) -> dict:
+    return {"confidence": args.confidence, "device": args.device, "use_mirroring": not args.disable_tta}
+
+
+def complete_main() -> None:
+    from nnunet_ctorg.dataset_conversion.common import raw_root
+    from nnunet_ctorg.dataset_conversion.completion import complete_dataset
+
+    parser = argparse.ArgumentParser(
+        description="Complete a merged nnU-Net dataset with pseudo labels: teachers predict only the organs a case's "
+                    "source does not annotate; real annotations always win; overlapping proposals go to the teacher "
+                    "with the higher priority (validation Dice); provenance is written to the annotation records. "
+                    "Re-run on the output with the student as a new teacher for noisy-student rounds.")
+    parser.add_argument("-i", type=int, required=True, help="id of the merged dataset (nnunet_ctorg_merge_datasets)")
+    parser.add_argument("-d", type=int, required=True, help="nnU-Net dataset id of the output (1-999)")
+    parser.add_argument("-n", "--name", default="Completed", help="dataset name. Default: Completed")
+    parser.add_argument("-o", default=None, help="nnU-Net raw folder (input and output). Default: $nnUNet_raw")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (sharding, "
+                        "as nnUNetv2_predict). Default: 1")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this process does (0-based). Default: 0")
+    parser.add_argument("--no_continue", action="store_true", help="redo cases already completed in the output "
+                        "(default: skip them, so an interrupted run resumes)")
+    _completion_flags(parser, required=True)
+    args = parser.parse_args()
+    try:
+        out = complete_dataset(args.i, raw_root(args.o), args.d, _teachers(args), args.name,
+                               num_parts=args.num_parts, part_id=args.part_id, resume=not args.no_continue,
+                               **_completion_options(args))
+    except (ValueError, OSError) as e:
+        sys.exit(f"nnunet_ctorg_complete_dataset: error: {e}")
     print(f"nnU-Net dataset: {out}")

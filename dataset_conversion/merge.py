@@ -7,8 +7,8 @@ unique across inputs. Strategies for the organs a case's source does not annotat
 - ``background``: leave them background (naive; teaches the model to miss them);
 - ``ignore``: nnU-Net's ignore label (highest id) on the voxels labelled background inside
   the body of such a case, where the true class is unknown; air outside stays background;
-- ``pseudo``: the hook for pseudo-label completion by teacher models (the completion
-  command fills it); called here it stops with an explanation.
+- ``pseudo``: filled by teacher models (``completion.complete_folder``; the merge goes to a
+  staging folder first, which is removed once the completed dataset is written).
 
 Fixed splits (``splits_final.json`` of the inputs) are kept as one fold: the union of the
 train lists (plus every case of inputs without a fixed split) and the union of the val lists.
@@ -50,12 +50,8 @@ def _ignore_unknown(labels: np.ndarray, image, missing: list[int], ignore_id: in
     return out
 
 
-def _pseudo_labels(labels: np.ndarray, image, missing: list[int], ignore_id: int) -> np.ndarray:
-    raise ValueError("the 'pseudo' strategy needs teacher models: merge with 'ignore' or 'background', then "
-                     "complete the merged dataset with the pseudo-label completion command")
-
-
-UNANNOTATED_STRATEGIES = {"background": _keep_background, "ignore": _ignore_unknown, "pseudo": _pseudo_labels}
+# 'pseudo': merged as background into a staging folder, then completed by the teachers (completion.py)
+UNANNOTATED_STRATEGIES = {"background": _keep_background, "ignore": _ignore_unknown, "pseudo": _keep_background}
 
 
 def find_dataset(raw_dir: Path, dataset_id: int) -> Path:
@@ -98,10 +94,16 @@ def merged_splits(datasets: list[Path], cases_by_dataset: dict[str, list[str]]) 
 
 def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int, name: str = "Merged",
                    unannotated: str = "ignore", num_processes: int = 1, strict: bool = True,
-                   progress: bool = False) -> Path:
-    """Merge the datasets ``dataset_ids`` of ``raw_dir`` into ``raw_dir/DatasetXXX_name``."""
+                   progress: bool = False, teachers: list | None = None, **completion_options) -> Path:
+    """Merge the datasets ``dataset_ids`` of ``raw_dir`` into ``raw_dir/DatasetXXX_name``.
+
+    With ``unannotated="pseudo"``, ``teachers`` (``completion.Teacher``) fill the missing organs;
+    ``completion_options`` go to ``completion.complete_folder`` (confidence, device, ...).
+    """
     if unannotated not in UNANNOTATED_STRATEGIES:
         raise ValueError(f"unannotated must be one of {sorted(UNANNOTATED_STRATEGIES)}, got {unannotated!r}")
+    if (unannotated == "pseudo") != bool(teachers):
+        raise ValueError("the 'pseudo' strategy needs teachers (--teacher), and teachers need 'pseudo'")
     if dataset_id in dataset_ids:
         raise ValueError(f"output id {dataset_id} is one of the inputs")
     raw_dir = Path(raw_dir)
@@ -136,7 +138,8 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
                     "image": str(ds / f"images{split}" / f"{case}_0000.nii.gz"), "label": str(label),
                     "record": records[case], "dataset": ds.name}))
 
-    out = dataset_folder(raw_dir, dataset_id, name)
+    final = dataset_folder(raw_dir, dataset_id, name)
+    out = raw_dir / f".{final.name}_merging" if unannotated == "pseudo" else final
     work = partial(merge_job, strategy=unannotated, all_ids=all_ids, ignore_id=ignore_id)
     summary = run_conversion(jobs, work, out, num_processes, strict, f"merging ({unannotated})", progress)
     finish_dataset(out, scheme, f"merge of {', '.join(ds.name for ds in datasets)}; unannotated organs: "
@@ -149,4 +152,14 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
                           Path(os.environ["nnUNet_preprocessed"]) / out.name / "splits_final.json")
     if progress:
         print_summary(summary, out)
+    if unannotated == "pseudo":
+        import shutil
+
+        from nnunet_ctorg.dataset_conversion.completion import complete_folder
+
+        complete_folder(out, final, teachers, progress=progress, **completion_options)
+        shutil.rmtree(out)
+        if os.environ.get("nnUNet_preprocessed"):
+            shutil.rmtree(Path(os.environ["nnUNet_preprocessed"]) / out.name, ignore_errors=True)
+        return final
     return out

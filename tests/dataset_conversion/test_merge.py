@@ -65,8 +65,8 @@ def test_background_strategy_copies_labels(three_sources):
                           read(three_sources / "Dataset032_AbdomenCT1K" / "labelsTr" / "abdomenct1k_00002.nii.gz"))
 
 
-def test_pseudo_is_a_hook_that_explains_itself(three_sources):
-    with pytest.raises(ValueError, match="'pseudo' strategy needs teacher models"):
+def test_pseudo_needs_teachers(three_sources):
+    with pytest.raises(ValueError, match="'pseudo' strategy needs teachers"):
         merge_datasets([31, 32], three_sources, 42, "Pseudo", "pseudo")
 
 

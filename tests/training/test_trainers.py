@@ -216,6 +216,21 @@ def test_iou_trainer_loader_only_crops_and_train_step_augments_on_the_device(pla
     assert np.isfinite(result["loss"])
 
 
+def test_demo_trainer_trains_on_plain_crops_before_augmentation_starts(planned_dataset, monkeypatch):
+    trainer = _trainer(ours.CTOrgIOUTrainer_demo, *planned_dataset)
+    _, initial_patch = _training_transforms(trainer)
+    used = []
+    trainer.device_augmentation = lambda image, labels: used.append("augmented") or (image, labels)
+    trainer.device_crop = lambda image, labels: used.append("plain") or (image, labels)
+    monkeypatch.setattr(nnUNetTrainer, "train_step", lambda self, batch: {"loss": 0.0})  # no network step here
+    batch = {"data": torch.zeros((1, 1, *initial_patch)), "target": torch.zeros((1, 1, *initial_patch))}
+    for epoch in (0, trainer.augmentation_start_epoch - 1, trainer.augmentation_start_epoch):
+        trainer.current_epoch = epoch
+        trainer.train_step(batch)
+    assert used == ["plain", "plain", "augmented"]
+    assert 0 < trainer.augmentation_start_epoch < trainer.num_epochs
+
+
 def test_ablation_trainers_keep_nnunets_cpu_augmentation_or_none(planned_dataset):
     from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 
