@@ -119,8 +119,8 @@ class LoadedTeacher:
     def organs(self) -> set[int]:
         return set(self.class_to_organ.values())
 
-    def propose(self, image) -> tuple[np.ndarray, np.ndarray]:
-        """(unified organ id or 0, probability of the teacher's winning class) per voxel."""
+    def propose(self, image, case: str) -> tuple[np.ndarray, np.ndarray]:
+        """(unified organ id or 0, probability of the teacher's winning class) per voxel of ``case``."""
         import SimpleITK as sitk
 
         hu = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -227,7 +227,9 @@ def complete_folder(source: Path, out: Path, teachers: list[Teacher], confidence
     scheme = LabelScheme(labels=labels_in, sources={})
     organ_ids = {v for v in labels_in.values() if v}
     new_ignore_id = max(organ_ids) + 1
-    loaded = [LoadedTeacher(t, scheme, device, use_mirroring) for t in teachers]
+    # Teacher specs are loaded here; ready objects (name, priority: organ id -> value, propose(image, case)) are
+    # used as they are (custom or oracle teachers from Python)
+    loaded = [LoadedTeacher(t, scheme, device, use_mirroring) if isinstance(t, Teacher) else t for t in teachers]
 
     jobs = []
     for split in ("Tr", "Ts"):
@@ -263,7 +265,7 @@ def complete_folder(source: Path, out: Path, teachers: list[Teacher], confidence
     return out
 
 
-def complete_case(job: CaseJob, teachers: list[LoadedTeacher], organ_ids: set[int], ignore_id: int | None,
+def complete_case(job: CaseJob, teachers: list, organ_ids: set[int], ignore_id: int | None,
                   confidence: float | None, new_ignore_id: int, out: Path) -> None:
     import SimpleITK as sitk
 
@@ -282,7 +284,7 @@ def complete_case(job: CaseJob, teachers: list[LoadedTeacher], organ_ids: set[in
         for teacher in teachers:
             wanted = {o: p for o, p in teacher.priority.items() if o in missing}
             if wanted:
-                organs, probability = teacher.propose(image)
+                organs, probability = teacher.propose(image, job.case)
                 proposals.append((teacher.name, wanted, organs, probability))
         labels, provenance = complete_labels(labels, missing, ignore_id, proposals, confidence, new_ignore_id)
         record["pseudo"] = provenance
