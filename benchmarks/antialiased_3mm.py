@@ -69,8 +69,9 @@ def main() -> None:
         t_c, s_c = time_case(AntiAliasedPreprocessor(verbose=False), files, plans, aa, dataset_json, args.repeats)
         print(f"{name}: (a) 3d_fullres {t_a:.2f} s -> {tuple(s_a)} | (b) 3 mm plain {t_b:.2f} s | "
               f"(c) 3 mm anti-aliased {t_c:.2f} s -> {tuple(s_c)} | (c)/(a) {t_c / t_a:.2f}, (c)/(b) {t_c / t_b:.2f}")
-    print(f"3d_3mm patch {aa.patch_size}, batch {aa.batch_size}; 3d_fullres patch "
-          f"{plans.get_configuration('3d_fullres').patch_size}, spacing {plans.get_configuration('3d_fullres').spacing}")
+    fullres = plans.get_configuration("3d_fullres")
+    print(f"3d_3mm patch {aa.patch_size}, batch {aa.batch_size}; 3d_fullres patch {fullres.patch_size}, "
+          f"spacing {fullres.spacing}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ labelers (lungs, bone). Per case and voxel:
   (``fold_*/validation/summary.json``, mean over folds; paper 001's rule), for the morphology labelers
   their published Dice (paper 003 Table II: lungs 0.978, bone 0.932); overridable;
 - with a confidence threshold, a winning proposal whose probability is below it becomes ``ignore``
-  instead of a guess; unknown voxels no teacher claims become background.
+  instead of a guess; unknown voxels no teacher claims become background, unless an organ the case
+  lacks has no teacher at all (then they keep the input's value, e.g. ``ignore``).
 
 Per-case provenance goes into the annotation records (``pseudo``: organ -> teacher, voxels, priority).
 Running the command again on its own output with a new teacher (the student) is the noisy-student loop.
@@ -154,13 +155,17 @@ def complete_labels(labels: np.ndarray, missing: set[int], ignore_id: int | None
     """Fill the unknown voxels of ``labels`` from teacher proposals.
 
     ``proposals``: (teacher name, organ ids -> priority, organ map, probability map). Unknown voxels are
-    background or ``ignore_id`` voxels. Returns the labels and per-organ provenance.
+    background or ``ignore_id`` voxels; those no teacher claims become background when every missing organ
+    has a teacher, else they keep their input value. Returns the labels and per-organ provenance.
     """
     unknown = labels == 0
     if ignore_id is not None:
         unknown |= labels == ignore_id
     out = labels.copy()
-    out[unknown] = 0
+    covered = set().union(*(set(priorities) for _, priorities, _, _ in proposals)) & missing
+    if covered == missing:  # every missing organ has a teacher: what no teacher claims is background
+        out[unknown] = 0
+    # else unclaimed unknown voxels keep what the input says (ignore stays ignore: an organ is still unknown)
     best_priority = np.full(labels.shape, -np.inf, np.float32)
     winner_probability = np.ones(labels.shape, np.float32)
     winner = np.full(labels.shape, -1, np.int16)
@@ -289,5 +294,7 @@ def complete_case(job: CaseJob, teachers: list, organ_ids: set[int], ignore_id: 
         labels, provenance = complete_labels(labels, missing, ignore_id, proposals, confidence, new_ignore_id)
         record["pseudo"] = provenance
         record["teachers"] = [t.name for t in teachers]
+        covered = set().union(*(set(t.priority) for t in teachers)) & missing
+        record["still_unannotated"] = sorted(missing - covered)
         record["unannotated"] = "pseudo"
     write_case(out, job, image, labels, record, image_file=Path(job.inputs["image"]))

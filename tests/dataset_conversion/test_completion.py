@@ -85,6 +85,10 @@ def test_rules_real_labels_win_priority_decides_confidence_ignores():
     assert prov["ignored_low_confidence_voxels"] == 1
     out, _ = complete_labels(labels, {7}, 9, [("A", {7: 0.9, 2: 0.5}, a, pa)], None, 9)
     assert 2 not in out  # a teacher may not propose an organ the case has annotated
+    out, _ = complete_labels(labels, {7, 8}, 9, [("A", {7: 0.9}, a, pa)], None, 9)
+    assert out.tolist() == [[1, 7, 7, 0, 7, 0]]  # organ 8 has no teacher: unclaimed voxels keep the input's value
+    out, _ = complete_labels(labels, {7, 8}, 9, [("A", {7: 0.9}, a * 0, pa)], None, 9)
+    assert out.tolist() == labels.tolist()
 
 
 def test_oracle_teachers_recover_the_hidden_organs_and_never_touch_real_labels(hidden):
