@@ -41,6 +41,7 @@ def iterations_per_second(trainer_class, raw: Path, preprocessed: Path, device: 
     import torch
 
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # nnU-Net 2.8 trainers pop this key (run_training sets it)
     dataset_json = json.loads((raw / "dataset.json").read_text())
     trainer = trainer_class(plans, "3d_fullres", 0, dataset_json, device=torch.device(device))
     trainer.on_train_start()
