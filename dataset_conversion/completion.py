@@ -26,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_ctorg.dataset_conversion.common import CaseJob, case_is_done, dataset_folder, finish_dataset, write_case
+from nnunet_ctorg.dataset_conversion.common import (
+    CaseJob,
+    case_is_done,
+    case_paths,
+    dataset_folder,
+    finish_dataset,
+    write_case,
+)
 from nnunet_ctorg.dataset_conversion.merge import find_dataset
 from nnunet_ctorg.io import read_image, read_json, write_text_atomic
 from nnunet_ctorg.label_scheme import LabelScheme
@@ -254,6 +261,8 @@ def complete_folder(source: Path, out: Path, teachers: list[Teacher], confidence
             complete_case(job, loaded, organ_ids, ignore_id, confidence, new_ignore_id, out)
             summary["written"].append(job.case)
         except (ValueError, FileNotFoundError) as e:
+            for path in case_paths(out, job):  # no partial case stays behind
+                path.unlink(missing_ok=True)
             summary["failed"][job.case] = str(e)
             print(f"skipped {job.case}: {e}", file=sys.stderr)
     extra = {"ignore": new_ignore_id} if confidence is not None or ignore_id is not None else None

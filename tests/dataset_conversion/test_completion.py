@@ -233,3 +233,14 @@ def test_a_trained_nnunet_teacher_completes_a_dataset_that_nnunet_verifies_and_t
     assert (nnunet_env / "nnUNet_results" / out.name / "CTOrgIOUTrainer_tiny__nnUNetPlans__3d_cpu_demo" / "fold_0" /
             "checkpoint_final.pth").is_file()
     shutil.rmtree(nnunet_env / "nnUNet_results")
+
+
+def test_a_corrupt_case_is_reported_by_name_and_leaves_nothing_behind(hidden):
+    raw, truth, source = hidden
+    case = sorted(json.loads((source / "annotated_labels.json").read_text()))[0]
+    (source / "labelsTr" / f"{case}.nii.gz").write_bytes(b"not a nifti")
+    out = complete_dataset(52, raw, 59, [Oracle("oracle", truth, list(L)[1:])], "Corrupt", progress=False)
+    summary = json.loads((out / "completion_summary_part0of1.json").read_text())
+    assert list(summary["failed"]) == [case] and case in summary["failed"][case]
+    assert not list(out.rglob(f"{case}*"))
+    assert len(summary["written"]) == 2
