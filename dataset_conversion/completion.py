@@ -131,14 +131,15 @@ class LoadedTeacher:
         """(unified organ id or 0, probability of the teacher's winning class) per voxel of ``case``."""
         import SimpleITK as sitk
 
-        hu = sitk.GetArrayFromImage(image).astype(np.float32)
+        hu = sitk.GetArrayViewFromImage(image)  # no copy: every teacher of a case reads the same image
         spacing = image.GetSpacing()[::-1]
         if self.predictor is None:
             from nnunet_ctorg.labelers import label_bones, label_lungs
 
             labeler = label_lungs if self.teacher.source == "lungs" else label_bones
             mask = labeler(hu, spacing, mode="improved") > 0
-            return np.where(mask, self.class_to_organ[1], 0).astype(np.uint8), np.ones(hu.shape, np.float32)
+            certain = np.broadcast_to(np.float32(1.0), hu.shape)  # a labeler has no probability: always sure
+            return np.where(mask, self.class_to_organ[1], 0).astype(np.uint8), certain
         # streamed over classes: running max logit, its class and the log-sum-exp give the winner's probability
         best = best_class = total = None
         for c, logits in enumerate(self.predictor.chunk_logits(hu, spacing)):

@@ -26,6 +26,11 @@ def _check_range(name: str, value: Sequence[float], minimum: float | None = None
         raise ValueError(f"{name} must be (low, high) with {bound} <= low <= high, got {value!r}")
 
 
+def _chosen_index(chosen: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Indices of the examples an operation was drawn for, on ``like``'s device."""
+    return chosen.nonzero()[:, 0].to(like.device)
+
+
 def _channel_view(values: Sequence[float], image: torch.Tensor) -> torch.Tensor:
     """Per-channel constants shaped (1, C, 1, ...) on the image's device."""
     shape = (1, len(values)) + (1,) * (image.ndim - 2)
@@ -258,7 +263,7 @@ class BatchedGaussianNoise(BatchedRandomTransform, ImageOnlyTransform):
         chosen = params["chosen"]
         if not chosen.any():
             return img
-        index = chosen.nonzero()[:, 0].to(img.device)
+        index = _chosen_index(chosen, img)
         sigma = params["sigma"][chosen].to(device=img.device, dtype=img.dtype).reshape(-1, 1, 1, 1, 1)
         noise = torch.randn((len(index), *img.shape[1:]), generator=self._device_generator(img.device),
                             device=img.device, dtype=img.dtype)
@@ -298,7 +303,7 @@ class BatchedHUWindow(BatchedRandomTransform, ImageOnlyTransform):
         chosen = params["chosen"]
         if not chosen.any():
             return img
-        index = chosen.nonzero()[:, 0].to(img.device)
+        index = _chosen_index(chosen, img)
         for c, mean_std in enumerate(self.ct_mean_std):
             if mean_std is None:
                 continue
@@ -343,7 +348,7 @@ class BatchedGaussianBlur(BatchedRandomTransform, ImageOnlyTransform):
         chosen = params["chosen"]
         if not chosen.any() or self.blur_sigma[1] == 0:
             return img
-        index = chosen.nonzero()[:, 0].to(img.device)
+        index = _chosen_index(chosen, img)
         sigma = params["sigma"][chosen]  # (n, C, 3)
         n, c = sigma.shape[:2]
         radius = max(1, math.ceil(3 * self.blur_sigma[1]))
@@ -377,7 +382,7 @@ class BatchedBrightness(BatchedRandomTransform, ImageOnlyTransform):
         chosen = params["chosen"]
         if not chosen.any():
             return img
-        index = chosen.nonzero()[:, 0].to(img.device)
+        index = _chosen_index(chosen, img)
         multiplier = params["multiplier"][chosen].to(device=img.device, dtype=img.dtype)
         img[index] *= multiplier.reshape(*multiplier.shape, 1, 1, 1)
         return img
@@ -408,7 +413,7 @@ class BatchedContrast(BatchedRandomTransform, ImageOnlyTransform):
         chosen = params["chosen"]
         if not chosen.any():
             return img
-        index = chosen.nonzero()[:, 0].to(img.device)
+        index = _chosen_index(chosen, img)
         x = img[index]
         factor = params["factor"][chosen].to(device=img.device, dtype=img.dtype).reshape(*x.shape[:2], 1, 1, 1)
         mean, low, high = _spatial_stats(x)
@@ -465,7 +470,7 @@ class BatchedGamma(BatchedRandomTransform, ImageOnlyTransform):
         chosen = params["chosen"]
         if not chosen.any():
             return img
-        index = chosen.nonzero()[:, 0].to(img.device)
+        index = _chosen_index(chosen, img)
         x = -img[index] if self.invert else img[index]
         gamma = params["gamma"][chosen].to(device=img.device, dtype=img.dtype).reshape(*x.shape[:2], 1, 1, 1)
         mean, low, high = _spatial_stats(x)
@@ -495,7 +500,7 @@ class BatchedMirror(BatchedRandomTransform):
     def _flip(self, x: torch.Tensor, flips: dict) -> torch.Tensor:
         for axis, chosen in flips.items():
             if chosen.any():
-                index = chosen.nonzero()[:, 0].to(x.device)
+                index = _chosen_index(chosen, x)
                 x[index] = x[index].flip(2 + axis)
         return x
 

@@ -34,35 +34,48 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --spacing must be > 0, got {args.spacing}")
     if args.sigma_factor < 0:
         raise SystemExit(f"error: --sigma_factor must be >= 0, got {args.sigma_factor}")
+    from nnunet_ctorg.dataset_conversion.common import raw_root
+    from nnunet_ctorg.dataset_conversion.merge import find_dataset
+
+    try:
+        for dataset_id in args.d:
+            find_dataset(raw_root(None), dataset_id)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"nnunet_ctorg_plan_and_preprocess: error: {e}") from None
+    for dataset_id in args.d:
+        plan_and_preprocess(dataset_id, args)
+
+
+def plan_and_preprocess(dataset_id: int, args: argparse.Namespace) -> None:
+    """Fingerprint, plans with the added configuration, preprocessing of the chosen configurations."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
 
     from nnunet_ctorg.planning.antialiasing import AntiAliasedPreprocessor, IsotropicAntiAliasedPlanner
 
-    for dataset_id in args.d:
-        extract_fingerprint_dataset(dataset_id, num_processes=args.npfp,
-                                    check_dataset_integrity=args.verify_dataset_integrity, clean=True,
-                                    verbose=False, show_progress_bar=not args.no_pbar)
-        kwargs = {} if args.gpu_memory_target is None else {"gpu_memory_target_in_gb": args.gpu_memory_target}
-        planner = IsotropicAntiAliasedPlanner(dataset_id, plans_name=args.overwrite_plans_name,
-                                              isotropic_spacing=args.spacing, sigma_factor=args.sigma_factor,
-                                              **kwargs)
-        plans = planner.plan_experiment()
-        added = planner.configuration_name
-        print(f"added configuration {added}: patch {plans['configurations'][added]['patch_size']}, batch "
-              f"{plans['configurations'][added]['batch_size']}, spacing {plans['configurations'][added]['spacing']}")
-        if args.no_pp:
-            continue
-        configurations = args.c or ["3d_fullres", added]
-        theirs = [c for c in configurations if c != added]
-        if theirs:
-            preprocess_dataset(dataset_id, args.overwrite_plans_name, theirs, [args.np], verbose=False,
-                               show_progress_bar=not args.no_pbar)
-        if added in configurations:
-            preprocessor = AntiAliasedPreprocessor(verbose=False)
-            preprocessor.show_progress_bar = not args.no_pbar
-            preprocessor.run(dataset_id, added, args.overwrite_plans_name, num_processes=args.np)
-            if not theirs:  # nnU-Net's step copies the reference labels for validation
-                preprocess_dataset(dataset_id, args.overwrite_plans_name, [], [args.np], verbose=False)
+    extract_fingerprint_dataset(dataset_id, num_processes=args.npfp,
+                                check_dataset_integrity=args.verify_dataset_integrity, clean=True,
+                                verbose=False, show_progress_bar=not args.no_pbar)
+    kwargs = {} if args.gpu_memory_target is None else {"gpu_memory_target_in_gb": args.gpu_memory_target}
+    planner = IsotropicAntiAliasedPlanner(dataset_id, plans_name=args.overwrite_plans_name,
+                                          isotropic_spacing=args.spacing, sigma_factor=args.sigma_factor,
+                                          **kwargs)
+    plans = planner.plan_experiment()
+    added = planner.configuration_name
+    print(f"added configuration {added}: patch {plans['configurations'][added]['patch_size']}, batch "
+          f"{plans['configurations'][added]['batch_size']}, spacing {plans['configurations'][added]['spacing']}")
+    if args.no_pp:
+        return
+    configurations = args.c or ["3d_fullres", added]
+    theirs = [c for c in configurations if c != added]
+    if theirs:
+        preprocess_dataset(dataset_id, args.overwrite_plans_name, theirs, [args.np], verbose=False,
+                           show_progress_bar=not args.no_pbar)
+    if added in configurations:
+        preprocessor = AntiAliasedPreprocessor(verbose=False)
+        preprocessor.show_progress_bar = not args.no_pbar
+        preprocessor.run(dataset_id, added, args.overwrite_plans_name, num_processes=args.np)
+        if not theirs:  # nnU-Net's step copies the reference labels for validation
+            preprocess_dataset(dataset_id, args.overwrite_plans_name, [], [args.np], verbose=False)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,10 @@ def test_configuration_manager_switches_on_only_with_the_plans_key(planned_3mm):
     smoothed = with_antialiasing(ConfigurationManager(configuration))
     assert isinstance(smoothed, AntiAliasedConfigurationManager)
     assert smoothed.resampling_fn_data.keywords["sigma_factor"] == 0.5
+
+
+def test_command_refuses_an_unknown_dataset_in_one_line(nnunet_env):
+    proc = subprocess.run([nnunet_command("nnunet_ctorg_plan_and_preprocess"), "-d", "999"], capture_output=True,
+                          text=True, env=dict(os.environ))
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0
+    assert "no dataset with id 999" in proc.stderr
