@@ -63,27 +63,30 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
 
 def add_cpu_demo_configuration(plans_file: Path, name: str = DEMO_CONFIGURATION,
                                max_patch: tuple[int, ...] = DEMO_MAX_PATCH,
-                               base_features: int = DEMO_BASE_FEATURES) -> None:
-    """Add a configuration that inherits nnU-Net's planned 3d_fullres with a smaller patch and network.
+                               base_features: int = DEMO_BASE_FEATURES, parent: str = "3d_fullres") -> None:
+    """Add a configuration that inherits a planned one (``parent``) with a smaller patch and network.
 
-    It reuses 3d_fullres' preprocessed data; the patch stays divisible by the pooling strides.
+    It reuses the parent's preprocessed data; the patch stays divisible by the pooling strides.
     """
     import copy
     import json
 
     import numpy as np
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_ctorg.io import write_text_atomic
 
     plans = json.loads(plans_file.read_text())
-    full = plans["configurations"]["3d_fullres"]
+    if parent not in plans["configurations"]:
+        raise ValueError(f"{plans_file} has no configuration {parent!r}")
+    full = PlansManager(plans).get_configuration(parent).configuration  # inheritance resolved
     arch = copy.deepcopy(full["architecture"])
     kwargs = arch["arch_kwargs"]
     divisor = np.prod(np.array(kwargs["strides"]), axis=0)
     patch = [int(max(d, (min(p, m) // d) * d)) for p, m, d in zip(full["patch_size"], max_patch, divisor)]
     n_stages = kwargs["n_stages"]
     kwargs["features_per_stage"] = [min(base_features * 2**i, 10 * base_features) for i in range(n_stages)]
-    plans["configurations"][name] = {"inherits_from": "3d_fullres", "patch_size": patch, "architecture": arch}
+    plans["configurations"][name] = {"inherits_from": parent, "patch_size": patch, "architecture": arch}
     write_text_atomic(json.dumps(plans, indent=4), plans_file)
 
 

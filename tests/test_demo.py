@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from nnunet_ctorg.demo import add_cpu_demo_configuration, dice_table, nnunet_environment
 
@@ -38,3 +39,22 @@ def test_environment_keeps_everything_inside_the_work_folder(tmp_path):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "MPLCONFIGDIR"):
         assert env[name].startswith(str(tmp_path))
     assert "trainers" in env["nnUNet_extTrainer"]
+
+
+def test_cpu_demo_configuration_can_inherit_an_added_configuration(tmp_path):
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 4, "features_per_stage": [32, 64, 128, 256],
+                            "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]},
+            "_kw_requires_import": []}
+    plans = {"configurations": {"3d_fullres": {"patch_size": [112, 80, 72], "architecture": arch},
+                                "3d_3mm": {"patch_size": [96, 96, 96], "architecture": arch,
+                                           "antialiasing": {"sigma_factor": 0.5}},
+                                "3d_3mm_plain": {"inherits_from": "3d_3mm", "antialiasing": None}}}
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps(plans))
+    add_cpu_demo_configuration(path, name="3d_3mm_plain_small", max_patch=(64, 64, 64), parent="3d_3mm_plain")
+    small = json.loads(path.read_text())["configurations"]["3d_3mm_plain_small"]
+    assert small["inherits_from"] == "3d_3mm_plain"
+    assert small["patch_size"] == [64, 64, 64]  # from 3d_3mm's 96^3 through the inheritance chain
+    with pytest.raises(ValueError, match="3d_missing"):
+        add_cpu_demo_configuration(path, parent="3d_missing")

@@ -157,3 +157,15 @@ def test_command_refuses_an_unknown_dataset_in_one_line(nnunet_env):
                           text=True, env=dict(os.environ))
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0
     assert "no dataset with id 999" in proc.stderr
+
+
+def test_an_inheriting_configuration_keeps_the_filter_and_null_switches_it_off(planned_3mm):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = json.loads((planned_3mm[1] / "nnUNetPlans.json").read_text())
+    plans["configurations"]["3d_8mm_small"] = {"inherits_from": "3d_8mm", "patch_size": [32, 32, 32]}
+    plans["configurations"]["3d_8mm_plain"] = {"inherits_from": "3d_8mm", ANTIALIASING_KEY: None}
+    manager = PlansManager(plans)
+    assert isinstance(with_antialiasing(manager.get_configuration("3d_8mm_small")), AntiAliasedConfigurationManager)
+    plain = manager.get_configuration("3d_8mm_plain")
+    assert with_antialiasing(plain) is plain
