@@ -198,18 +198,20 @@ def main() -> None:
           f"{BUDGET_PATCH}, {BUDGET_FEATURES} base features, {TRAINER}; plans {results['plans']}")
     for c in configurations:
         p = results[f"preprocess {c}"]
-        print(f"{c}: preprocessing {p['seconds'] / p['cases']:.2f} s/case, training {results[f'train {c}']['seconds']:.0f} s")
+        train = results.get(f"train {c}", {}).get("seconds", float("nan"))
+        print(f"{c}: preprocessing {p['seconds'] / p['cases']:.2f} s/case, training {train:.0f} s")
         for key, entry in results.items():
             if key.startswith(f"predict {c} "):
                 dice = " ".join(f"{k} {v:.3f}" for k, v in entry.get("dice", {}).items())
                 print(f"  {key[len('predict ' + c) + 1:]:<24} {entry['seconds']:6.1f} s ({entry['cases']} case(s)), "
                       f"peak RSS {entry['peak_rss_gb']:.2f} GB  {dice}")
-    for name in inputs:
-        ref = results.get(f"predict 3d_fullres chunked {name}")
-        aa = results.get(f"predict 3d_3mm chunked {name}")
-        if ref and aa:
-            print(f"{name}: 3d_3mm / 3d_fullres (chunked): time {aa['seconds'] / ref['seconds']:.2f}, "
-                  f"peak RSS {aa['peak_rss_gb'] / ref['peak_rss_gb']:.2f}")
+    for predictor in ("chunked", "nnunet"):
+        for name in inputs:
+            ref = results.get(f"predict 3d_fullres {predictor} {name}")
+            aa = results.get(f"predict 3d_3mm {predictor} {name}")
+            if ref and aa:
+                print(f"{name}: 3d_3mm / 3d_fullres ({predictor}): time {aa['seconds'] / ref['seconds']:.2f}, "
+                      f"peak RSS {aa['peak_rss_gb'] / ref['peak_rss_gb']:.2f}")
     print(f"results: {results_file}")
     sys.stdout.flush()
 
