@@ -78,6 +78,14 @@ def test_chunks_are_never_shorter_than_the_patch(phantom):
     assert all(stop - start == 25 for start, stop in layout)
 
 
+def test_a_scan_shorter_than_three_overlaps_is_one_chunk(real_ct_dir):
+    image = sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz"))  # 30 slices of 3 mm: 90 mm < 3 x 50 mm
+    chunked = PointwiseChunked(_fake_predictor(), ChunkSettings())
+    assert chunked.layout_for(image) == (0, [(0, image.GetSize()[2])])
+    whole = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=None)).predict_image(image)
+    assert np.array_equal(chunked.predict_image(image), whole)
+
+
 def test_ram_budget_chooses_the_chunk_or_fails_clearly(phantom):
     slices = chunk_slices_for_budget(6.0, 1.0, 512 * 512, 9, 34, 512 * 512 * 600 * 3)
     assert 100 < slices < 400
