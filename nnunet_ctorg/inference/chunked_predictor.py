@@ -141,8 +141,6 @@ class ChunkedPredictor:
         if settings.max_ram_gb is not None:
             chunk = min(chunk, self._budget_slices(image, axial, overlap))
         chunk = max(chunk, 3 * overlap, 1)
-        if chunk >= n:  # a scan no longer than one chunk is predicted whole, however short
-            return axial, [(0, n)]
         if chunk < min(recommended, n):
             warnings.warn(f"{what}: chunks of {chunk * spacing:.0f} mm are shorter than the network's patch plus the "
                           f"overlap ({recommended * spacing:.0f} mm): expect less agreement with whole-image "

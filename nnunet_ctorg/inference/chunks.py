@@ -22,10 +22,10 @@ def chunk_layout(n_slices: int, chunk: int, overlap: int, min_length: int = 1) -
         raise ValueError(f"n_slices must be >= 1, got {n_slices}")
     if chunk < 1 or overlap < 0:
         raise ValueError(f"chunk must be >= 1 and overlap >= 0 slices, got chunk={chunk}, overlap={overlap}")
+    if n_slices <= chunk:  # one chunk needs no overlap, however short the scan
+        return [(0, n_slices)]
     if 3 * overlap > chunk:
         raise ValueError(f"the overlap ({overlap} slices) must be at most a third of the chunk ({chunk} slices)")
-    if n_slices <= chunk:
-        return [(0, n_slices)]
     n = -(-(n_slices - overlap) // (chunk - overlap))
     length = min(max(-(-(n_slices + (n - 1) * overlap) // n), min_length), chunk)  # <= chunk
     starts = [i * (n_slices - length) // (n - 1) for i in range(n)]

@@ -7,7 +7,8 @@ from nnunet_ctorg.inference.chunks import ChunkStitcher, chunk_layout, ramp
 
 
 @pytest.mark.parametrize("n, chunk, overlap", [(1, 10, 3), (9, 10, 3), (10, 10, 3), (11, 10, 3), (37, 10, 3),
-                                               (191, 100, 10), (600, 200, 33), (1001, 90, 30), (57, 12, 0)])
+                                               (191, 100, 10), (600, 200, 33), (1001, 90, 30), (57, 12, 0),
+                                               (30, 30, 17), (5, 8, 20)])  # one chunk: any overlap
 def test_layout_covers_every_slice_with_at_most_two_chunks(n, chunk, overlap):
     layout = chunk_layout(n, chunk, overlap)
     assert layout[0][0] == 0 and layout[-1][1] == n
