@@ -18,6 +18,12 @@ def _parser(description: str, source_help: str, default_name: str) -> argparse.A
                              "7 spleen, 8 pancreas")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first bad case instead of skipping it and reporting it at the end")
+    parser.add_argument("--keep_known_bad", action="store_true",
+                        help="also convert the cases that the known-bad-case table says to leave out (they are "
+                             "then flagged with the reason in their record and the summary)")
+    parser.add_argument("--known_bad", default=None, metavar="FILE",
+                        help="known-bad-case table to use instead of the shipped "
+                             "nnunet_ctorg/dataset_conversion/known_bad_cases.json (same format)")
     return parser
 
 
@@ -28,7 +34,8 @@ def _run(prog: str, convert, args, **kwargs) -> None:
     try:
         scheme = LabelScheme.load(args.scheme)
         out = convert(args.source, raw_root(args.o), args.d, args.name, scheme=scheme, num_processes=args.np,
-                      strict=args.strict, progress=True, **kwargs)
+                      strict=args.strict, progress=True, keep_known_bad=args.keep_known_bad,
+                      known_bad=args.known_bad, **kwargs)
     except (ValueError, OSError) as e:
         sys.exit(f"{prog}: error: {e}")
     print(f"nnU-Net dataset: {out}")
@@ -39,7 +46,9 @@ def convert_ctorg_main() -> None:
 
     parser = _parser("Convert CT-ORG (volume-N.nii.gz, labels-N.nii.gz) into an nnU-Net raw dataset with the "
                      "unified label scheme. Cases 0-20 become the test set (imagesTs). Re-running skips "
-                     "finished cases.", "CT-ORG folder with volume-N.nii.gz and labels-N.nii.gz", "CTORG")
+                     "finished cases; exits non-zero when no case is converted.",
+                     "CT-ORG folder: the one with volume-N.nii.gz and labels-N.nii.gz or any folder above it "
+                     "(TCIA's download: the folder holding OrganSegmentations/)", "CTORG")
     args = parser.parse_args()
     _run("nnunet_ctorg_convert_ctorg", convert_ctorg_dataset, args)
 
@@ -50,9 +59,12 @@ def convert_totalsegmentator_main() -> None:
     parser = _parser("Convert TotalSegmentator v1/v2 (meta.csv, <id>/ct.nii.gz, <id>/segmentations/*.nii.gz) "
                      "into an nnU-Net raw dataset with the unified label scheme. train/val become a fixed "
                      "splits_final.json in $nnUNet_preprocessed, test becomes imagesTs. Re-running skips "
-                     "finished cases.", "TotalSegmentator folder with meta.csv", "TotalSegmentator")
+                     "finished cases; exits non-zero when no case is converted.",
+                     "TotalSegmentator folder with meta.csv, or the folder the zip was unpacked into",
+                     "TotalSegmentator")
     parser.add_argument("--version", choices=["auto", "v1", "v2"], default="auto",
-                        help="structure set of the download; auto looks for v2-only masks. Default: auto")
+                        help="structure set of the download (v1: 104 structures, v2: 117); auto tells them apart "
+                             "by the mask files present. Default: auto")
     args = parser.parse_args()
     _run("nnunet_ctorg_convert_totalsegmentator", convert_totalseg_dataset, args, version=args.version)
 
@@ -61,9 +73,10 @@ def convert_abdomenct1k_main() -> None:
     from nnunet_ctorg.dataset_conversion.abdomenct1k import convert_abdomenct1k_dataset
 
     parser = _parser("Convert AbdomenCT-1K (Case_XXXXX_0000.nii.gz images in any part folders, "
-                     "Case_XXXXX.nii.gz masks) into an nnU-Net raw dataset with the unified label scheme. "
-                     "Re-running skips finished cases.", "AbdomenCT-1K folder (image part folders and Mask)",
-                     "AbdomenCT1K")
+                     "Case_XXXXX.nii.gz masks) into an nnU-Net raw dataset with the unified label scheme. Images "
+                     "without a mask are listed in the summary, not converted. Re-running skips finished cases; "
+                     "exits non-zero when no case is converted.",
+                     "AbdomenCT-1K folder (ImagePart1..3 and Mask below it)", "AbdomenCT1K")
     args = parser.parse_args()
     _run("nnunet_ctorg_convert_abdomenct1k", convert_abdomenct1k_dataset, args)
 

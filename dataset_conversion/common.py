@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ctorg.io import (
+    conform_geometry,
     copy_file_atomic,
-    read_ct,
-    read_image,
+    read_ct_tolerant,
+    read_image_tolerant,
     same_geometry,
     write_image_atomic,
     write_text_atomic,
@@ -69,19 +70,35 @@ def check_labels_file(out: Path, scheme: LabelScheme) -> None:
             raise ValueError(f"{out} exists with other labels ({labels}); use another dataset id or remove it")
 
 
+def read_case_image(image_path: Path, case: str, quirks: dict):
+    """The CT of ``case`` (nibabel fallback for headers SimpleITK refuses, recorded in ``quirks``)."""
+    image, fallback = read_ct_tolerant(image_path, case)
+    if fallback:
+        quirks["image_read_with_nibabel"] = fallback
+    return image
+
+
+def read_case_mask(mask_path: Path, image, case: str, what: str, quirks: dict):
+    """A label map or mask of ``case`` with its image's geometry: read with the fallback, 3-D, within half a
+    voxel and 1e-3 rad of the image (then given the image's geometry); each fix is recorded in ``quirks``."""
+    mask, fallback = read_image_tolerant(mask_path, f"{case}: {what}")
+    if mask.GetDimension() != 3:
+        raise ValueError(f"{case}: the {what} must be 3-D, got size {mask.GetSize()}")
+    mask, correction = conform_geometry(mask, image, f"{case}: {what}")
+    if fallback:
+        quirks.setdefault("masks_read_with_nibabel", {})[what] = fallback["direction_correction_rad"]
+    if correction:
+        quirks.setdefault("geometry_corrected", {})[what] = correction
+    return mask
+
+
 def load_image_and_labels(image_path: Path, label_path: Path, case: str):
-    """Read a CT and its label map and check them; returns (image, label array)."""
+    """Read a CT and its label map and check them; returns (image, label array, quirks handled)."""
     import SimpleITK as sitk
 
-    image = read_ct(image_path, case)
-    label = read_image(label_path, f"{case}: label map")
-    if label.GetDimension() != 3:
-        raise ValueError(f"{case}: the label map must be 3-D, got size {label.GetSize()}")
-    if not same_geometry(image, label):
-        raise ValueError(f"{case}: image and label map differ in geometry (size {image.GetSize()} vs "
-                         f"{label.GetSize()}, spacing {np.round(image.GetSpacing(), 4)} vs "
-                         f"{np.round(label.GetSpacing(), 4)}, origin {np.round(image.GetOrigin(), 3)} vs "
-                         f"{np.round(label.GetOrigin(), 3)})")
+    quirks: dict = {}
+    image = read_case_image(image_path, case, quirks)
+    label = read_case_mask(label_path, image, case, "label map", quirks)
     values = sitk.GetArrayFromImage(label)
     if np.issubdtype(values.dtype, np.floating):
         rounded = np.rint(values)
@@ -89,7 +106,7 @@ def load_image_and_labels(image_path: Path, label_path: Path, case: str):
             bad = values[np.abs(values - rounded) > 1e-3][0]
             raise ValueError(f"{case}: labels are not whole numbers (e.g. {bad})")
         values = rounded
-    return image, values.astype(np.int64)
+    return image, values.astype(np.int64), quirks
 
 
 def check_label_values(values: np.ndarray, allowed: Sequence[int], case: str, source: str) -> None:
@@ -152,6 +169,57 @@ def write_case(out: Path, job: CaseJob, image, labels: np.ndarray, record: dict,
         copy_file_atomic(image_file, image_path)
 
 
+KNOWN_BAD_ACTIONS = ("skip", "flag", "same_fold")
+
+
+def load_known_bad(source: str, release: str | None = None, path: str | Path | None = None) -> dict[str, dict]:
+    """Entries of the known-bad-case table (``known_bad_cases.json`` beside this module, or ``path``) for
+    ``source`` and its ``release``, by source case name (``volume-19``, ``s0184``, ``Case_00297``)."""
+    from nnunet_ctorg.io import read_json
+
+    path = Path(path) if path is not None else Path(__file__).with_name("known_bad_cases.json")
+    table = read_json(path, "known-bad-case table")
+    entries = table.get("cases") if isinstance(table, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"known-bad-case table {path}: expected {{\"cases\": [...]}}")
+    found = {}
+    for entry in entries:
+        if entry.get("action") not in KNOWN_BAD_ACTIONS or not entry.get("case") or not entry.get("reason"):
+            raise ValueError(f"known-bad-case table {path}: entry {entry} needs case, reason and an action among "
+                             f"{KNOWN_BAD_ACTIONS}")
+        if entry.get("source") == source and (release is None or release in entry.get("releases", [release])):
+            found[entry["case"]] = entry
+    return found
+
+
+def apply_known_bad(jobs: list[CaseJob], table: dict[str, dict], keep_known_bad: bool = False
+                    ) -> tuple[list[CaseJob], dict[str, str]]:
+    """Jobs to run and the known-bad cases left out (case -> reason). ``flag`` and ``same_fold`` entries, and
+    every entry with ``keep_known_bad``, stay and carry ``known_issue`` (and ``fold_group``) to their record."""
+    kept, left_out = [], {}
+    for job in jobs:
+        entry = table.get(job.inputs.get("source_case", ""))
+        if entry is None:
+            kept.append(job)
+        elif entry["action"] == "skip" and not keep_known_bad:
+            left_out[job.case] = f"{entry['reason']} ({entry.get('reference', 'no reference')})"
+        else:
+            job.inputs["known_issue"] = f"{entry['reason']} ({entry.get('reference', 'no reference')})"
+            if entry["action"] == "same_fold":
+                job.inputs["fold_group"] = entry["group"]
+            kept.append(job)
+    return kept, left_out
+
+
+def record_extras(job: CaseJob, quirks: dict) -> dict:
+    """The parts of a case record that say what was handled: quirks, known issue, fold group."""
+    extras = {"quirks": quirks} if quirks else {}
+    for key in ("known_issue", "fold_group"):
+        if job.inputs.get(key):
+            extras[key] = job.inputs[key]
+    return extras
+
+
 def _run_job(convert: Callable[[CaseJob], None], job: CaseJob) -> tuple[str, str | None]:
     try:
         convert(job)
@@ -163,10 +231,13 @@ def _run_job(convert: Callable[[CaseJob], None], job: CaseJob) -> tuple[str, str
 
 
 def run_conversion(jobs: list[CaseJob], convert: Callable[[CaseJob], None], out: Path, num_processes: int = 1,
-                   strict: bool = False, desc: str = "converting", progress: bool = True) -> dict:
+                   strict: bool = False, desc: str = "converting", progress: bool = True,
+                   known_bad: dict[str, str] | None = None) -> dict:
     """Convert ``jobs`` (skipping finished cases) in ``num_processes`` workers; returns the summary.
 
-    A bad case is reported and skipped, or with ``strict`` stops the run with its error.
+    A bad case is reported and skipped, or with ``strict`` stops the run with its error. The summary lists
+    the cases written, already there and failed, the ``known_bad`` cases left out, and for each quirk
+    handled (read from the case records) the cases it was handled in.
     """
     from functools import partial
 
@@ -175,7 +246,8 @@ def run_conversion(jobs: list[CaseJob], convert: Callable[[CaseJob], None], out:
     for job in jobs:
         job.inputs["out"] = str(out)
     todo = [j for j in jobs if not case_is_done(out, j)]
-    summary = {"written": [], "skipped": [j.case for j in jobs if j not in todo], "failed": {}}
+    summary = {"written": [], "skipped": [j.case for j in jobs if j not in todo], "failed": {},
+               "known_bad_left_out": dict(known_bad or {}), "quirks": {}}
     for case, error in map_with_progress(partial(_run_job, convert), todo, num_processes, desc, progress=progress):
         if error is None:
             summary["written"].append(case)
@@ -185,6 +257,13 @@ def run_conversion(jobs: list[CaseJob], convert: Callable[[CaseJob], None], out:
             summary["failed"][case] = error
             if progress:
                 print(f"skipped {error}", file=sys.stderr)
+    for job in jobs:
+        record_path = case_paths(out, job)[2]
+        if job.case in summary["failed"] or not record_path.is_file():
+            continue
+        record = json.loads(record_path.read_text())
+        for kind in [*record.get("quirks", {}), *(["known_issue"] if record.get("known_issue") else [])]:
+            summary["quirks"].setdefault(kind, []).append(job.case)
     return summary
 
 
@@ -206,8 +285,31 @@ def finish_dataset(out: Path, scheme: LabelScheme, description: str, reference: 
 
 
 def print_summary(summary: dict, out: Path) -> None:
+    """Print the summary and write it to ``out/conversion_summary.json``."""
     print(f"{len(summary['written'])} case(s) written, {len(summary['skipped'])} already there, "
-          f"{len(summary['failed'])} failed -> {out}")
+          f"{len(summary['failed'])} failed, {len(summary.get('known_bad_left_out', {}))} known bad left out "
+          f"-> {out}")
     for case, error in summary["failed"].items():
         print(f"  failed {case}: {error}")
+    for case, reason in summary.get("known_bad_left_out", {}).items():
+        print(f"  left out {case} (known bad; --keep_known_bad converts it): {reason}")
+    for kind, cases in summary.get("quirks", {}).items():
+        print(f"  handled {kind}: {len(cases)} case(s), e.g. {', '.join(cases[:3])}")
+    for key, what in (("unlabelled_images", "image(s) without a mask (not converted, listed in the summary)"),
+                      ("masks_without_images", "mask(s) without an image"),
+                      ("unknown_mask_files", "unknown mask file name(s), ignored")):
+        if summary.get(key):
+            print(f"  {len(summary[key])} {what}, e.g. {', '.join(list(summary[key])[:3])}")
     write_text_atomic(json.dumps(summary, indent=1), out / "conversion_summary.json")
+
+
+def report(summary: dict, out: Path, progress: bool) -> None:
+    """Write (and with ``progress`` print) the summary; a ``ValueError`` when the dataset has no case."""
+    if progress:
+        print_summary(summary, out)
+    else:
+        write_text_atomic(json.dumps(summary, indent=1), out / "conversion_summary.json")
+    if not summary["written"] and not summary["skipped"]:
+        first = next(iter(summary["failed"].values()), "no case found")
+        raise ValueError(f"no case was converted ({len(summary['failed'])} failed; first: {first}); "
+                         f"see {out / 'conversion_summary.json'}")

@@ -6,12 +6,21 @@ unique across inputs. Strategies for the organs a case's source does not annotat
 
 - ``background``: leave them background (naive; teaches the model to miss them);
 - ``ignore``: nnU-Net's ignore label (highest id) on the voxels labelled background inside
-  the body of such a case, where the true class is unknown; air outside stays background;
+  the body of such a case, where the true class is unknown; air outside stays background.
+  An organ a source annotates only in part (the record's ``partial``: TotalSegmentator's bone,
+  CT-ORG's training bone) gets the ignore label on the unlabelled body voxels that could belong
+  to it: for bone, the bone-dense voxels (>= 200 HU, paper 000's tau2 for the hard exterior of a
+  bone) closed by 5 mm and kept where >= 0 HU (tau1), so the marrow between the cortices goes too;
+  another partial organ gets it on every unlabelled body voxel. Contrast-filled vessels and
+  calcifications above 200 HU that no organ claims are ignored as well (no loss, no wrong label).
+  The counts are recorded per case (``ignored_voxels``);
 - ``pseudo``: filled by teacher models (``completion.complete_folder``; the merge goes to a
   staging folder first, which is removed once the completed dataset is written).
 
-Fixed splits (``splits_final.json`` of the inputs) are kept as one fold: the union of the
-train lists (plus every case of inputs without a fixed split) and the union of the val lists.
+Splits: five folds stratified by source (each source's training cases are dealt over the folds,
+so every source appears in every validation set); cases of one ``fold_group`` (the known-bad
+table's duplicates) stay in one fold; test cases (imagesTs, e.g. TotalSegmentator's official
+test split) are never in a fold. Written to ``$nnUNet_preprocessed/<dataset>/splits_final.json``.
 """
 
 import json
@@ -33,21 +42,53 @@ from nnunet_ctorg.io import read_image, write_text_atomic
 from nnunet_ctorg.label_scheme import LabelScheme
 
 
-def _keep_background(labels: np.ndarray, image, missing: list[int], ignore_id: int) -> np.ndarray:
-    return labels
+def _keep_background(labels: np.ndarray, image, missing: list[int], ignore_id: int, partial: dict[int, str]
+                     ) -> tuple[np.ndarray, dict]:
+    return labels, {}
 
 
-def _ignore_unknown(labels: np.ndarray, image, missing: list[int], ignore_id: int) -> np.ndarray:
+# Bone-dense voxels (paper 000: tau2 = 200 HU, the hard exterior of a bone; tau1 = 0 HU) and the closing
+# radius that takes in the marrow between cortices.
+BONE_DENSE_HU = 200.0
+BONE_MIN_HU = 0.0
+BONE_CLOSING_MM = 5.0
+
+
+def bone_candidates(hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    """Voxels that could be bone: >= ``BONE_DENSE_HU``, closed by ``BONE_CLOSING_MM``, and >= ``BONE_MIN_HU``."""
+    import edt
+
+    dense = hu >= BONE_DENSE_HU
+    if not dense.any():
+        return dense
+    dilated = edt.edt(~dense, anisotropy=spacing_zyx, black_border=False) <= BONE_CLOSING_MM
+    closed = edt.edt(dilated, anisotropy=spacing_zyx, black_border=False) > BONE_CLOSING_MM
+    return (closed | dense) & (hu >= BONE_MIN_HU)
+
+
+def _ignore_unknown(labels: np.ndarray, image, missing: list[int], ignore_id: int, partial: dict[int, str]
+                    ) -> tuple[np.ndarray, dict]:
     import SimpleITK as sitk
 
     from nnunet_ctorg.body import body_mask
 
-    if not missing:
-        return labels
-    body = body_mask(sitk.GetArrayFromImage(image).astype(np.float32))
+    if not missing and not partial:
+        return labels, {}
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    unlabelled = (labels == 0) & body_mask(hu)
     out = labels.copy()
-    out[(labels == 0) & body] = ignore_id
-    return out
+    counts = {}
+    if missing:
+        out[unlabelled] = ignore_id
+        counts["unannotated_organs"] = int(unlabelled.sum())
+    else:
+        spacing_zyx = tuple(float(v) for v in image.GetSpacing()[::-1])
+        for organ in partial.values():
+            could_be = bone_candidates(hu, spacing_zyx) if organ == "bone" else np.ones_like(unlabelled)
+            chosen = unlabelled & could_be & (out == 0)
+            out[chosen] = ignore_id
+            counts[f"partial_{organ}"] = int(chosen.sum())
+    return out, counts
 
 
 # 'pseudo': merged as background into a staging folder, then completed by the teachers (completion.py)
@@ -62,34 +103,41 @@ def find_dataset(raw_dir: Path, dataset_id: int) -> Path:
     return found[0]
 
 
-def merge_job(job: CaseJob, strategy: str, all_ids: list[int], ignore_id: int) -> None:
+def merge_job(job: CaseJob, strategy: str, all_ids: list[int], ignore_id: int, names: dict[int, str]) -> None:
     import SimpleITK as sitk
 
     image_path, label_path = Path(job.inputs["image"]), Path(job.inputs["label"])
     record = dict(job.inputs["record"])
     missing = [i for i in all_ids if i not in record["annotated"]]
+    partial = {i: names[i] for i in record.get("partial", []) if i in names}
     image = read_image(image_path, f"{job.case}: image")
     labels = sitk.GetArrayFromImage(read_image(label_path, f"{job.case}: label map"))
-    labels = UNANNOTATED_STRATEGIES[strategy](labels, image, missing, ignore_id)
+    labels, ignored = UNANNOTATED_STRATEGIES[strategy](labels, image, missing, ignore_id, partial)
     record.update({"merged_from": job.inputs["dataset"], "unannotated": strategy if missing else None})
+    if ignored:
+        record["ignored_voxels"] = ignored
     write_case(Path(job.inputs["out"]), job, image, labels, record, image_file=image_path)
 
 
-def merged_splits(datasets: list[Path], cases_by_dataset: dict[str, list[str]]) -> list[dict] | None:
-    preprocessed = os.environ.get("nnUNet_preprocessed")
-    if not preprocessed:
-        return None
-    train, val, any_fixed = [], [], False
-    for ds in datasets:
-        path = Path(preprocessed) / ds.name / "splits_final.json"
-        if path.is_file():
-            fold = json.loads(path.read_text())[0]
-            train += fold["train"]
-            val += fold["val"]
-            any_fixed = True
-        else:
-            train += cases_by_dataset[ds.name]
-    return [{"train": sorted(train), "val": sorted(val)}] if any_fixed else None
+def stratified_folds(cases: dict[str, dict], n_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+    """nnU-Net-style ``splits_final.json`` folds of the training ``cases`` (case -> record): each source's
+    cases shuffled (fixed seed) and dealt over the folds, the cases of one ``fold_group`` together."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[str]] = [[] for _ in range(n_folds)]
+    by_source: dict[str, dict[str, list[str]]] = {}
+    for case in sorted(cases):
+        record = cases[case]
+        unit = record.get("fold_group") or case
+        by_source.setdefault(record.get("source", "unknown"), {}).setdefault(unit, []).append(case)
+    start = 0
+    for source in sorted(by_source):
+        units = list(by_source[source].values())
+        order = rng.permutation(len(units))
+        for k, i in enumerate(order):
+            folds[(start + k) % n_folds] += units[i]
+        start += len(units)  # the next source starts where this one stopped: the folds stay balanced
+    everything = {c for fold in folds for c in fold}
+    return [{"train": sorted(everything - set(fold)), "val": sorted(fold)} for fold in folds]
 
 
 def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int, name: str = "Merged",
@@ -117,13 +165,12 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
     ignore_id = len(labels)
     all_ids = [v for v in labels.values() if v]
 
-    jobs, seen, cases_by_dataset = [], {}, {}
+    jobs, seen = [], {}
     for ds in datasets:
         records_file = ds / "annotated_labels.json"
         if not records_file.is_file():
             raise FileNotFoundError(f"{ds.name} has no annotated_labels.json: convert it with nnunet-ctorg first")
         records = json.loads(records_file.read_text())
-        cases_by_dataset[ds.name] = []
         for split in ("Tr", "Ts"):
             for label in sorted((ds / f"labels{split}").glob("*.nii.gz")) if (ds / f"labels{split}").is_dir() else []:
                 case = label.name[:-7]
@@ -132,23 +179,21 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
                 if case not in records:
                     raise ValueError(f"{ds.name}: case {case} has no annotation record")
                 seen[case] = ds.name
-                if split == "Tr":
-                    cases_by_dataset[ds.name].append(case)
                 jobs.append(CaseJob(case=case, split=split, inputs={
                     "image": str(ds / f"images{split}" / f"{case}_0000.nii.gz"), "label": str(label),
                     "record": records[case], "dataset": ds.name}))
 
     final = dataset_folder(raw_dir, dataset_id, name)
     out = raw_dir / f".{final.name}_merging" if unannotated == "pseudo" else final
-    work = partial(merge_job, strategy=unannotated, all_ids=all_ids, ignore_id=ignore_id)
+    names = {v: k for k, v in labels.items()}
+    work = partial(merge_job, strategy=unannotated, all_ids=all_ids, ignore_id=ignore_id, names=names)
     summary = run_conversion(jobs, work, out, num_processes, strict, f"merging ({unannotated})", progress)
     finish_dataset(out, scheme, f"merge of {', '.join(ds.name for ds in datasets)}; unannotated organs: "
                    f"{unannotated}", extra_labels={"ignore": ignore_id} if unannotated == "ignore" else None)
-    splits = merged_splits(datasets, cases_by_dataset)
-    if splits is not None:
-        done = set(summary["written"]) | set(summary["skipped"])
-        splits = [{k: [c for c in v if c in done] for k, v in splits[0].items()}]
-        write_text_atomic(json.dumps(splits, indent=1),
+    done = set(summary["written"]) | set(summary["skipped"])
+    training = {j.case: j.inputs["record"] for j in jobs if j.split == "Tr" and j.case in done}
+    if os.environ.get("nnUNet_preprocessed") and len(training) >= 5:
+        write_text_atomic(json.dumps(stratified_folds(training), indent=1),
                           Path(os.environ["nnUNet_preprocessed"]) / out.name / "splits_final.json")
     if progress:
         print_summary(summary, out)

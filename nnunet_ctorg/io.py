@@ -55,6 +55,117 @@ def read_image(path: str | os.PathLike, what: str = "image"):
         raise ValueError(f"{what} {path} cannot be read ({first})") from None
 
 
+# Largest deviation from an orthonormal direction (radians) that the nibabel fallback accepts. SimpleITK 2.5
+# refuses a qform-less sform from about 1e-3 rad of shear on; far beyond that the header is broken.
+MAX_DIRECTION_CORRECTION_RAD = 1e-2
+
+
+def _last_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else "unknown error"
+
+
+def orthonormal_direction(matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """The orthonormal matrix nearest to ``matrix`` (polar decomposition) and the largest angle, in
+    radians, between a column of ``matrix`` and the same column of the result."""
+    u, _, vt = np.linalg.svd(matrix)
+    nearest = u @ vt
+    cosines = np.sum(matrix * nearest, axis=0) / np.linalg.norm(matrix, axis=0)
+    return nearest, float(np.max(np.arccos(np.clip(cosines, -1.0, 1.0))))
+
+
+def read_nifti_with_nibabel(path: str | os.PathLike, what: str = "image"):
+    """Read a NIfTI file that SimpleITK refuses (a qform-less sform with a slight shear, as in about 140
+    TotalSegmentator cases, TotalSegmentator issues #33 and #461, and about 30 AbdomenCT-1K cases,
+    AbdomenCT-1K issue #6) with nibabel, as TotalSegmentator's own dataset converter does.
+
+    The voxel grid is kept; the direction becomes the nearest orthonormal one. Returns the SimpleITK
+    image and a record ``{"reader": "nibabel", "shear_rad": s, "direction_correction_rad": a}`` (``s``: the
+    largest departure of two voxel axes from 90 degrees; ``a``: the largest rotation of one axis by the
+    correction, about ``s / 2``); a correction above
+    ``MAX_DIRECTION_CORRECTION_RAD`` is refused.
+    """
+    import nibabel
+    import SimpleITK as sitk
+
+    try:
+        nii = nibabel.load(str(path))
+        data = np.asanyarray(nii.dataobj)  # applies scl_slope / scl_inter like SimpleITK
+    except Exception as e:  # nibabel raises many types for broken files
+        raise ValueError(f"{what} {path} cannot be read by SimpleITK nor nibabel ({_last_line(e)})") from None
+    if data.ndim != 3:
+        raise ValueError(f"{what}: the image must be 3-D, got shape {data.shape}")
+    affine = nii.affine  # nibabel's choice: sform if its code is set, else qform
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError(f"{what} {path}: the header has a zero voxel size ({spacing})")
+    direction, angle = orthonormal_direction(affine[:3, :3] / spacing)
+    unit = affine[:3, :3] / spacing
+    shear = float(np.max(np.abs(np.arcsin(np.clip((unit.T @ unit)[np.triu_indices(3, 1)], -1.0, 1.0)))))
+    if angle > MAX_DIRECTION_CORRECTION_RAD:
+        raise ValueError(f"{what} {path}: the voxel axes are sheared by {angle:.3g} rad, beyond the "
+                         f"{MAX_DIRECTION_CORRECTION_RAD} rad that is corrected without a word")
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    elif data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    image.SetSpacing(tuple(float(v) for v in spacing))
+    image.SetOrigin(tuple(float(v) for v in ras_to_lps @ affine[:3, 3]))
+    image.SetDirection(tuple(float(v) for v in (ras_to_lps @ direction).ravel()))
+    return image, {"reader": "nibabel", "shear_rad": shear, "direction_correction_rad": angle}
+
+
+def read_image_tolerant(path: str | os.PathLike, what: str = "image"):
+    """``read_image``, with the nibabel fallback of ``read_nifti_with_nibabel`` for NIfTI headers that
+    SimpleITK refuses. Returns the image and ``None`` or the fallback's record."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return sitk.ReadImage(str(path)), None
+    except RuntimeError as e:
+        if not path.name.endswith((".nii", ".nii.gz")) or "orthonormal" not in str(e):
+            raise ValueError(f"{what} {path} cannot be read ({_last_line(e)})") from None
+    return read_nifti_with_nibabel(path, what)
+
+
+def geometry_text(image) -> str:
+    """Size, spacing, origin and direction of an image, for error messages."""
+    return (f"size {image.GetSize()}, spacing {tuple(np.round(image.GetSpacing(), 4))}, origin "
+            f"{tuple(np.round(image.GetOrigin(), 3))}, direction {tuple(np.round(image.GetDirection(), 4))}")
+
+
+def conform_geometry(moving, reference, what: str, max_shift_voxels: float = 0.5, max_angle_rad: float = 1e-3):
+    """``moving`` (a mask) with the geometry of ``reference`` (its image) when they differ by at most
+    ``max_shift_voxels`` of origin (per axis, in voxels of the reference) and ``max_angle_rad`` of direction,
+    as nnU-Net's integrity check tolerates origin and direction but not spacing. Returns the image and the
+    correction (``None`` if none was needed); beyond the tolerance, or with another size or spacing, a
+    ``ValueError`` names ``what`` and both geometries.
+    """
+    size_ok = moving.GetSize() == reference.GetSize()
+    spacing_ok = size_ok and np.allclose(moving.GetSpacing(), reference.GetSpacing(), rtol=1e-4, atol=1e-6)
+    if spacing_ok:
+        ref_dir = np.array(reference.GetDirection()).reshape(3, 3)
+        mov_dir = np.array(moving.GetDirection()).reshape(3, 3)
+        shift = np.abs(ref_dir.T @ (np.array(moving.GetOrigin()) - np.array(reference.GetOrigin()))
+                       ) / np.array(reference.GetSpacing())
+        cosines = np.clip(np.sum(ref_dir * mov_dir, axis=0), -1.0, 1.0)
+        angle = float(np.max(np.arccos(cosines)))
+        if float(shift.max()) <= 1e-3 and angle <= 1e-6:
+            return moving, None
+        if float(shift.max()) <= max_shift_voxels and angle <= max_angle_rad:
+            conformed = moving
+            conformed.CopyInformation(reference)
+            return conformed, {"origin_shift_voxels": round(float(shift.max()), 4),
+                               "direction_rad": round(angle, 6)}
+    raise ValueError(f"{what} differs in geometry from its image beyond half a voxel and {max_angle_rad} rad: "
+                     f"{geometry_text(moving)} vs image {geometry_text(reference)}")
+
+
 def same_geometry(a, b, tol: float = 1e-4) -> bool:
     """True when two SimpleITK images (or ImageFileReaders after ReadImageInformation) share size,
     spacing, origin and direction."""
@@ -94,7 +205,16 @@ def check_finite(image, path: str | os.PathLike, what: str) -> None:
 
 def read_ct(path: str | os.PathLike, what: str):
     """Read a CT and check it is a 3-D, single-channel image without NaN; errors start with ``what``."""
-    image = read_image(path, f"{what}: image")
+    return _checked_ct(read_image(path, f"{what}: image"), path, what)
+
+
+def read_ct_tolerant(path: str | os.PathLike, what: str):
+    """``read_ct`` with ``read_image_tolerant``'s fallback; returns the image and the fallback record or None."""
+    image, fallback = read_image_tolerant(path, f"{what}: image")
+    return _checked_ct(image, path, what), fallback
+
+
+def _checked_ct(image, path: str | os.PathLike, what: str):
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise ValueError(f"{what}: the image must be 3-D, got size {image.GetSize()}")
     if image.GetNumberOfComponentsPerPixel() != 1:

@@ -78,7 +78,7 @@ def _rewrite(path, fn):
 def test_bad_labels_name_the_case(ctorg_dir, tmp_path, damage, match):
     _rewrite(ctorg_dir / "labels-22.nii.gz", damage)
     with pytest.raises(ValueError, match=f"CT-ORG case 22: {match}"):
-        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=True)
 
 
 def test_nan_in_ct_names_the_case(ctorg_dir, tmp_path):
@@ -89,24 +89,25 @@ def test_nan_in_ct_names_the_case(ctorg_dir, tmp_path):
 
     _rewrite(ctorg_dir / "volume-1.nii.gz", add_nan)
     with pytest.raises(ValueError, match="CT-ORG case 1: the CT contains 1 NaN"):
-        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=True)
 
 
 def test_geometry_mismatch_names_the_case(ctorg_dir, tmp_path):
     image = sitk.ReadImage(str(ctorg_dir / "labels-21.nii.gz"))
     image.SetSpacing((1.0, 1.0, 1.0))
     sitk.WriteImage(image, str(ctorg_dir / "labels-21.nii.gz"))
-    with pytest.raises(ValueError, match="CT-ORG case 21: image and label map differ in geometry"):
-        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+    with pytest.raises(ValueError, match=r"CT-ORG case 21: label map differs in geometry from its image .*"
+                                         r"spacing \(1.0, 1.0, 1.0\).* vs image size"):
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=True)
 
 
 def test_missing_or_corrupt_files(ctorg_dir, tmp_path):
     (ctorg_dir / "labels-21.nii.gz").unlink()
     with pytest.raises(ValueError, match="CT-ORG case 21: label map not found: .*labels-21.nii.gz"):
-        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=True)
     (ctorg_dir / "labels-21.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(ValueError, match="CT-ORG case 21: label map .* cannot be read"):
-        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+        convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a CT-ORG folder"):
         convert_ctorg_dataset(tmp_path / "empty", tmp_path / "r", 7)

@@ -66,7 +66,6 @@ def test_v1_download_is_detected(tmp_path, nnunet_env):
 @pytest.mark.parametrize("damage,match", [
     ("geometry", "mask liver differs in geometry"),
     ("values", "mask liver is not binary"),
-    ("unknown", "unknown structure mask file"),
     ("no_ct", "image not found"),
 ])
 def test_bad_cases_are_reported_by_name_and_skipped(totalseg_dir, nnunet_env, damage, match):
@@ -79,13 +78,11 @@ def test_bad_cases_are_reported_by_name_and_skipped(totalseg_dir, nnunet_env, da
     elif damage == "values":
         img = sitk.ReadImage(str(liver))
         sitk.WriteImage(img * 3, str(liver))
-    elif damage == "unknown":
-        (case / "segmentations" / "livr.nii.gz").write_bytes(liver.read_bytes())
     else:
         (case / "ct.nii.gz").unlink()
     with pytest.raises(ValueError, match=f"TotalSegmentator case s0001: {match}"):
-        convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 14)
-    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 14, strict=False)
+        convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 14, strict=True)
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 14)
     assert not list(out.rglob("totalseg_s0001*"))
     assert (out / "labelsTr" / "totalseg_s0000.nii.gz").is_file()
 

@@ -39,8 +39,10 @@ def test_ctorg_layout(tmp_path):
 
 def test_totalsegmentator_v2_layout(tmp_path):
     generate_dataset("totalseg", str(tmp_path), 3, "thorax_abdomen", SPACING, seed=1, progress=False)
-    with open(tmp_path / "meta.csv") as f:
+    assert (tmp_path / "meta.csv").read_bytes().startswith(b"\xef\xbb\xbfimage_id;age;")  # as v2.0.1
+    with open(tmp_path / "meta.csv", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f, delimiter=";"))
+    assert len(rows[0]) == 11
     assert [r["image_id"] for r in rows] == ["s0000", "s0001", "s0002"]
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     case = tmp_path / "s0001"
