@@ -135,8 +135,11 @@ def read_image_tolerant(path: str | os.PathLike, what: str = "image"):
 
 def geometry_text(image) -> str:
     """Size, spacing, origin and direction of an image, for error messages."""
-    return (f"size {image.GetSize()}, spacing {tuple(np.round(image.GetSpacing(), 4))}, origin "
-            f"{tuple(np.round(image.GetOrigin(), 3))}, direction {tuple(np.round(image.GetDirection(), 4))}")
+    def rounded(values, digits: int) -> tuple[float, ...]:
+        return tuple(round(float(v), digits) + 0.0 for v in values)  # + 0.0: no -0.0
+
+    return (f"size {image.GetSize()}, spacing {rounded(image.GetSpacing(), 4)}, origin "
+            f"{rounded(image.GetOrigin(), 3)}, direction {rounded(image.GetDirection(), 4)}")
 
 
 def conform_geometry(moving, reference, what: str, max_shift_voxels: float = 0.5, max_angle_rad: float = 1e-3):
@@ -162,8 +165,11 @@ def conform_geometry(moving, reference, what: str, max_shift_voxels: float = 0.5
             conformed.CopyInformation(reference)
             return conformed, {"origin_shift_voxels": round(float(shift.max()), 4),
                                "direction_rad": round(angle, 6)}
-    raise ValueError(f"{what} differs in geometry from its image beyond half a voxel and {max_angle_rad} rad: "
-                     f"{geometry_text(moving)} vs image {geometry_text(reference)}")
+        reason = f"by more than {max_shift_voxels} voxel of origin or {max_angle_rad} rad of direction"
+    else:
+        reason = "in size" if not size_ok else "in spacing"
+    raise ValueError(f"{what} differs in geometry from its image {reason}: {geometry_text(moving)} vs image "
+                     f"{geometry_text(reference)}")
 
 
 def same_geometry(a, b, tol: float = 1e-4) -> bool:

@@ -96,8 +96,8 @@ def test_geometry_mismatch_names_the_case(ctorg_dir, tmp_path):
     image = sitk.ReadImage(str(ctorg_dir / "labels-21.nii.gz"))
     image.SetSpacing((1.0, 1.0, 1.0))
     sitk.WriteImage(image, str(ctorg_dir / "labels-21.nii.gz"))
-    with pytest.raises(ValueError, match=r"CT-ORG case 21: label map differs in geometry from its image .*"
-                                         r"spacing \(1.0, 1.0, 1.0\).* vs image size"):
+    with pytest.raises(ValueError, match=r"CT-ORG case 21: label map differs in geometry from its image in spacing: "
+                                         r"size \(58, 58, 52\), spacing \(1.0, 1.0, 1.0\).* vs image size"):
         convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7, strict=True)
 
 
@@ -111,3 +111,46 @@ def test_missing_or_corrupt_files(ctorg_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a CT-ORG folder"):
         convert_ctorg_dataset(tmp_path / "empty", tmp_path / "r", 7)
+
+
+def test_tcia_download_layout_is_found_below_the_folder_given(tmp_path):
+    src = tmp_path / "CT-ORG"
+    generate_dataset("ctorg", str(src), 2, "abdomen", SPACING, first_id=21, progress=False, quirks=True)
+    assert (src / "OrganSegmentations" / "volume-21.nii.gz").is_file() and not (src / "volume-21.nii.gz").exists()
+    out = convert_ctorg_dataset(src, tmp_path / "raw", 9)
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["ctorg_021.nii.gz", "ctorg_022.nii.gz"]
+    out = convert_ctorg_dataset(tmp_path, tmp_path / "raw2", 9)  # two levels up: still one folder with volumes
+    assert len(list((out / "labelsTr").iterdir())) == 2
+
+
+def test_training_bone_is_partial_test_bone_is_not(ctorg_dir, tmp_path):
+    out = convert_ctorg_dataset(ctorg_dir, tmp_path / "raw", 7)
+    assert json.loads((out / "annotations" / "ctorg_021.json").read_text())["partial"] == [5]
+    assert json.loads((out / "annotations" / "ctorg_000.json").read_text())["partial"] == []
+
+
+def test_known_bad_cases_are_left_out_with_their_reason(tmp_path):
+    src = tmp_path / "ctorg"
+    generate_dataset("ctorg", str(src), 2, "abdomen", SPACING, first_id=18, progress=False)  # volume-18, -19
+    out = convert_ctorg_dataset(src, tmp_path / "raw", 10)
+    assert [p.name for p in (out / "labelsTs").iterdir()] == ["ctorg_018.nii.gz"]
+    summary = json.loads((out / "conversion_summary.json").read_text())
+    assert list(summary["known_bad_left_out"]) == ["ctorg_019"]
+    assert "VISTA3D" in summary["known_bad_left_out"]["ctorg_019"]
+    table = tmp_path / "none.json"
+    table.write_text(json.dumps({"cases": []}))
+    out = convert_ctorg_dataset(src, tmp_path / "raw", 10, known_bad=table)
+    assert (out / "labelsTs" / "ctorg_019.nii.gz").is_file()
+
+
+def test_command_exits_non_zero_when_no_case_is_converted(ctorg_dir, tmp_path):
+    import subprocess
+
+    from tests.conftest import nnunet_command
+
+    for labels in ctorg_dir.glob("labels-*.nii.gz"):
+        _rewrite(labels, lambda a: np.where(a == 1, 9, a).astype(np.float32))
+    cmd = [nnunet_command("nnunet_ctorg_convert_ctorg"), str(ctorg_dir), "-d", "11", "-o", str(tmp_path / "raw")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "error: no case was converted (4 failed" in proc.stderr.strip().splitlines()[-1]

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from nnunet_ctorg.dataset_conversion.totalsegmentator import convert_totalseg_dataset
 from nnunet_ctorg.label_scheme import LabelScheme
+from nnunet_ctorg.labels import TOTALSEG_V1_STRUCTURES, TOTALSEG_V2_STRUCTURES
 from nnunet_ctorg.phantoms.cli import generate_dataset
 from nnunet_ctorg.phantoms.layouts import PhantomSettings
 from tests.conftest import nnunet_command
@@ -51,16 +52,90 @@ def test_missing_mask_files_are_tolerated_and_recorded(totalseg_dir, nnunet_env)
     assert not np.any(labels == 7)
 
 
-def test_v1_download_is_detected(tmp_path, nnunet_env):
+def test_v1_download_is_detected_and_uses_the_official_v1_list(tmp_path, nnunet_env):
     src = tmp_path / "v1"
-    generate_dataset("totalseg", str(src), 3, "abdomen", SPACING, version="v1", progress=False)
+    generate_dataset("totalseg", str(src), 3, "thorax_abdomen", SPACING, version="v1", progress=False)
+    files = {p.name[:-7] for p in (src / "s0000" / "segmentations").iterdir()}
+    assert files == set(TOTALSEG_V1_STRUCTURES) and len(files) == 104  # the v1 download's file set
+    assert {"face", "heart_myocardium", "pulmonary_artery"} <= files and not files & {"skull", "sternum", "heart"}
+    assert (src / "meta.csv").read_text().splitlines()[0] == "image_id;age;gender;institute;study_type;split"
     out = convert_totalseg_dataset(src, nnunet_env / "nnUNet_raw", 13)
     record = json.loads((out / "annotations" / "totalseg_s0000.json").read_text())
-    assert record["missing_masks"] == []  # v1 names only: no skull, sternum, S1 expected
-    truth = PhantomSettings("abdomen", SPACING).make(0)
+    assert record["version"] == "v1" and record["missing_masks"] == [] and "quirks" not in record
+    assert record["partial"] == [5]
+    truth = PhantomSettings("thorax_abdomen", SPACING).make(0)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "totalseg_s0000.nii.gz")))
     v1_bone = (truth.organ_labels() == 5) & (truth.mask("sternum") == 0)  # v1 has no sternum (nor skull)
-    assert np.array_equal(labels == 5, v1_bone)
+    assert truth.mask("sternum").any() and np.array_equal(labels == 5, v1_bone)
+    assert np.array_equal(labels == 4, truth.organ_labels() == 4)  # kidneys (cysts inside the v1 kidney files)
+    summary = json.loads((out / "conversion_summary.json").read_text())
+    assert summary["release"] == "v1" and summary["failed"] == {}
+
+
+def test_v2_0_1_meta_csv_with_byte_order_mark_and_11_columns(totalseg_dir, nnunet_env):
+    raw = (totalseg_dir / "meta.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfimage_id;") and raw.splitlines()[0].count(b";") == 10
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 18)
+    assert json.loads((out / "conversion_summary.json").read_text())["release"] == "v2.0.1"
+    assert len(list((out / "labelsTr").iterdir())) == 3
+
+
+def test_dataset_found_below_the_folder_given(totalseg_dir, tmp_path, nnunet_env):
+    unpacked = tmp_path / "download"
+    unpacked.mkdir()
+    totalseg_dir.rename(unpacked / "Totalsegmentator_dataset_v201")
+    out = convert_totalseg_dataset(unpacked, nnunet_env / "nnUNet_raw", 19)
+    assert len(list((out / "labelsTr").iterdir())) == 3
+
+
+def test_unknown_mask_files_are_recorded_not_fatal(totalseg_dir, nnunet_env):
+    seg = totalseg_dir / "s0001" / "segmentations"
+    (seg / "livr.nii.gz").write_bytes((seg / "liver.nii.gz").read_bytes())
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 20, strict=True)
+    record = json.loads((out / "annotations" / "totalseg_s0001.json").read_text())
+    assert record["quirks"]["unknown_mask_files"] == ["livr"]
+    summary = json.loads((out / "conversion_summary.json").read_text())
+    assert summary["unknown_mask_files"] == ["livr"] and summary["quirks"]["unknown_mask_files"] == ["totalseg_s0001"]
+    truth = PhantomSettings("thorax_abdomen", SPACING, seed=2).make(1)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "totalseg_s0001.nii.gz")))
+    assert np.array_equal(labels, truth.organ_labels())
+
+
+def test_sheared_headers_are_read_with_nibabel_voxel_for_voxel(tmp_path, nnunet_env):
+    src = tmp_path / "ts"
+    generate_dataset("totalseg", str(src), 3, "abdomen", SPACING, seed=3, progress=False, quirks=True)
+    with pytest.raises(RuntimeError, match="orthonormal"):
+        sitk.ReadImage(str(src / "s0001" / "ct.nii.gz"))
+    out = convert_totalseg_dataset(src, nnunet_env / "nnUNet_raw", 21, strict=True)
+    truth = PhantomSettings("abdomen", SPACING, seed=3).make(1)
+    labels = sitk.ReadImage(str(out / "labelsTr" / "totalseg_s0001.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(labels), truth.organ_labels())
+    image = sitk.ReadImage(str(out / "imagesTr" / "totalseg_s0001_0000.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(image), truth.ct)
+    assert np.allclose(image.GetOrigin(), truth.origin) and np.allclose(image.GetSpacing(), truth.spacing, rtol=1e-5)
+    assert np.allclose(image.GetDirection(), truth.direction, atol=2e-3)
+    record = json.loads((out / "annotations" / "totalseg_s0001.json").read_text())
+    assert record["quirks"]["image_read_with_nibabel"]["shear_rad"] == pytest.approx(2e-3, rel=0.01)
+    scheme = LabelScheme.load(None)
+    mapped = {f"mask {s}" for o in scheme.organs_of("totalseg")
+              for s in scheme.totalseg_structures(o, TOTALSEG_V2_STRUCTURES)}
+    assert set(record["quirks"]["masks_read_with_nibabel"]) == mapped  # every mask the organs need was read
+    summary = json.loads((out / "conversion_summary.json").read_text())
+    assert summary["quirks"]["image_read_with_nibabel"] == ["totalseg_s0001"]
+
+
+def test_known_bad_cases_of_the_release_are_left_out(totalseg_dir, nnunet_env):
+    meta = totalseg_dir / "meta.csv"
+    lines = meta.read_text(encoding="utf-8-sig").splitlines()
+    v200 = [";".join(line.split(";")[:6]) for line in lines]  # no scanner/pathology columns: v2.0.0
+    meta.write_text("\n".join(v200).replace("s0002", "s0184") + "\n")
+    (totalseg_dir / "s0002").rename(totalseg_dir / "s0184")
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 22)
+    summary = json.loads((out / "conversion_summary.json").read_text())
+    assert summary["release"] == "v2.0.0" and "issue #193" in summary["known_bad_left_out"]["totalseg_s0184"]
+    assert not (out / "labelsTr" / "totalseg_s0184.nii.gz").exists()
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 22, keep_known_bad=True)
+    assert (out / "labelsTr" / "totalseg_s0184.nii.gz").is_file()
 
 
 @pytest.mark.parametrize("damage,match", [
