@@ -99,12 +99,13 @@ def read_nifti_with_nibabel(path: str | os.PathLike, what: str = "image"):
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(spacing <= 0):
         raise ValueError(f"{what} {path}: the header has a zero voxel size ({spacing})")
-    direction, angle = orthonormal_direction(affine[:3, :3] / spacing)
     unit = affine[:3, :3] / spacing
+    direction, angle = orthonormal_direction(unit)
     shear = float(np.max(np.abs(np.arcsin(np.clip((unit.T @ unit)[np.triu_indices(3, 1)], -1.0, 1.0)))))
     if angle > MAX_DIRECTION_CORRECTION_RAD:
-        raise ValueError(f"{what} {path}: the voxel axes are sheared by {angle:.3g} rad, beyond the "
-                         f"{MAX_DIRECTION_CORRECTION_RAD} rad that is corrected without a word")
+        raise ValueError(f"{what} {path}: the voxel axes are sheared by {shear:.3g} rad; making them orthonormal "
+                         f"would turn an axis by {angle:.3g} rad, beyond the {MAX_DIRECTION_CORRECTION_RAD} rad "
+                         f"that is corrected without a word")
     ras_to_lps = np.diag([-1.0, -1.0, 1.0])
     if data.dtype == np.float64:
         data = data.astype(np.float32)

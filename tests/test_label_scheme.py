@@ -80,3 +80,43 @@ def test_bundled_19_organ_scheme_converts_a_totalsegmentator_case(tmp_path):
     ribs = np.isin(truth.structures, [i for n, i in STRUCTURE_IDS.items() if n.startswith("rib_")])
     assert np.array_equal(labels == scheme.labels["ribs"], ribs)
     assert json.loads((out / "dataset.json").read_text())["labels"]["vertebrae"] == scheme.labels["vertebrae"]
+
+
+def test_totalsegmentator_lists_are_the_official_ones():
+    from nnunet_ctorg.labels import (
+        TOTALSEG_V1_STRUCTURES,
+        TOTALSEG_V2_STRUCTURES,
+        detect_totalseg_version,
+        totalseg_structures,
+    )
+
+    # ids from class_map["total_v1"] / ["total"] of TotalSegmentator's map_to_binary.py (1-based)
+    v1 = dict(enumerate(TOTALSEG_V1_STRUCTURES, start=1))
+    assert len(v1) == 104 and len(set(TOTALSEG_V1_STRUCTURES)) == 104
+    assert (v1[7], v1[10], v1[44], v1[48], v1[49], v1[50], v1[92], v1[93], v1[104]) == (
+        "aorta", "pancreas", "heart_myocardium", "heart_ventricle_right", "pulmonary_artery", "brain", "sacrum",
+        "face", "urinary_bladder")
+    v2 = dict(enumerate(TOTALSEG_V2_STRUCTURES, start=1))
+    assert len(v2) == 117 and (v2[26], v2[51], v2[91], v2[116], v2[117]) == (
+        "vertebrae_S1", "heart", "skull", "sternum", "costal_cartilages")
+    assert totalseg_structures("v1") is TOTALSEG_V1_STRUCTURES
+    assert detect_totalseg_version({"liver", "face"}) == "v1"
+    assert detect_totalseg_version({"liver", "skull"}) == "v2"
+    assert detect_totalseg_version({"liver", "spleen"}) is None
+    assert detect_totalseg_version({"face", "skull"}) is None
+    with pytest.raises(ValueError, match="'v3'"):
+        totalseg_structures("v3")
+
+
+def test_partial_annotation_is_part_of_the_scheme():
+    scheme = LabelScheme.load(None)
+    assert scheme.partial_ids("totalseg") == [5] and scheme.partial_ids("ctorg") == [5]
+    assert scheme.partial_ids("abdomenct1k") == []
+    heart = LabelScheme.from_dict({"labels": {"background": 0, "heart": 1},
+                                   "sources": {"totalseg": {"heart": ["heart", "heart_*"]}}})
+    assert heart.totalseg_structures("heart") == ["heart", "heart_myocardium", "heart_atrium_left",
+                                                  "heart_ventricle_left", "heart_atrium_right",
+                                                  "heart_ventricle_right"]  # v1 names are valid too
+    with pytest.raises(ValueError, match="'partial' names 'ctorg'"):
+        LabelScheme.from_dict({"labels": {"background": 0, "liver": 1}, "sources": {"ctorg": {"liver": [1]}},
+                               "partial": {"ctorg": ["bone"]}})

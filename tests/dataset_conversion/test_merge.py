@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from nnunet_ctorg.body import body_mask
 from nnunet_ctorg.dataset_conversion.abdomenct1k import convert_abdomenct1k_dataset
 from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
-from nnunet_ctorg.dataset_conversion.merge import merge_datasets
+from nnunet_ctorg.dataset_conversion.merge import BONE_MIN_HU, merge_datasets, stratified_folds
 from nnunet_ctorg.dataset_conversion.totalsegmentator import convert_totalseg_dataset
 from nnunet_ctorg.phantoms.cli import generate_dataset
 
@@ -46,16 +46,42 @@ def test_ignore_label_appears_exactly_where_organs_are_unknown(three_sources, nn
         expected = np.where((original == 0) & body, 9, original)
         assert np.array_equal(merged, expected)
         assert (merged == 9).any() and not (merged[~body] == 9).any()
-    # TotalSegmentator annotates every organ: nothing is unknown, nothing is ignored
+    # TotalSegmentator annotates every organ, bone only in part: only bone-like unlabelled voxels are ignored
     ts = read(out / "labelsTr" / "totalseg_s0000.nii.gz")
-    ts_source = three_sources / "Dataset033_TotalSegmentator" / "labelsTr" / "totalseg_s0000.nii.gz"
-    assert np.array_equal(ts, read(ts_source))
+    ts_dir = three_sources / "Dataset033_TotalSegmentator"
+    ts_source = read(ts_dir / "labelsTr" / "totalseg_s0000.nii.gz")
+    hu = read(ts_dir / "imagesTr" / "totalseg_s0000_0000.nii.gz").astype(np.float32)
+    changed = ts != ts_source
+    assert np.all(ts[changed] == 9) and np.all(ts_source[changed] == 0)  # at 8 mm every dense voxel is annotated
+    assert np.all(hu[changed] >= BONE_MIN_HU) and not changed[~body_mask(hu)].any()
+    record = json.loads((out / "annotations" / "totalseg_s0000.json").read_text())
+    assert record["unannotated"] is None and record["ignored_voxels"] == {"partial_bone": int(changed.sum())}
+    assert record["partial"] == [5]
     record = json.loads((out / "annotations" / "abdomenct1k_00001.json").read_text())
     assert record["merged_from"] == "Dataset032_AbdomenCT1K" and record["unannotated"] == "ignore"
     assert (out / "imagesTs" / "ctorg_020_0000.nii.gz").is_file()
     splits = json.loads((nnunet_env / "nnUNet_preprocessed" / out.name / "splits_final.json").read_text())
-    assert splits == [{"train": ["abdomenct1k_00001", "abdomenct1k_00002", "ctorg_021", "totalseg_s0000"],
-                       "val": ["totalseg_s0001"]}]
+    training = ["abdomenct1k_00001", "abdomenct1k_00002", "ctorg_021", "totalseg_s0000", "totalseg_s0001"]
+    assert len(splits) == 5 and sorted(c for fold in splits for c in fold["val"]) == training
+    for fold in splits:
+        assert sorted(fold["train"] + fold["val"]) == training and len(fold["val"]) == 1
+
+
+def test_stratified_folds_put_every_source_in_every_validation_set_and_keep_groups_together():
+    records = {f"{source}_{i:03d}": {"source": source} for source, n in (("ctorg", 12), ("totalseg", 30),
+                                                                          ("abdomenct1k", 11)) for i in range(n)}
+    records["abdomenct1k_000"]["fold_group"] = records["abdomenct1k_007"]["fold_group"] = "LiTS liver_74"
+    folds = stratified_folds(records)
+    assert len(folds) == 5
+    assert sorted(c for fold in folds for c in fold["val"]) == sorted(records)
+    for fold in folds:
+        assert not set(fold["train"]) & set(fold["val"])
+        assert sorted(fold["train"] + fold["val"]) == sorted(records)
+        counts = {s: sum(c.startswith(s) for c in fold["val"]) for s in ("ctorg", "totalseg", "abdomenct1k")}
+        assert counts["totalseg"] == 6 and counts["ctorg"] in (2, 3) and counts["abdomenct1k"] in (2, 3)
+        assert ("abdomenct1k_000" in fold["val"]) == ("abdomenct1k_007" in fold["val"])
+    assert max(len(f["val"]) for f in folds) - min(len(f["val"]) for f in folds) <= 1
+    assert stratified_folds(records) == folds  # fixed seed
 
 
 def test_background_strategy_copies_labels(three_sources):

@@ -1,0 +1,97 @@
+"""Tolerant NIfTI reading (nibabel fallback for headers SimpleITK refuses) and the geometry tolerance."""
+
+import nibabel
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ctorg.io import (
+    conform_geometry,
+    orthonormal_direction,
+    read_image_tolerant,
+    read_nifti_with_nibabel,
+)
+
+
+def _write_sform_only(path, shear, data=None, affine=None):
+    if affine is None:
+        affine = np.diag([-0.8, -0.8, 1.5, 1.0])
+        affine[:3, 3] = [100.0, 120.0, -300.0]
+    affine = affine.copy()
+    affine[:3, 1] += shear * np.linalg.norm(affine[:3, 1]) * affine[:3, 0] / np.linalg.norm(affine[:3, 0])
+    data = np.arange(8 * 9 * 10, dtype=np.int16).reshape(8, 9, 10) if data is None else data
+    nii = nibabel.Nifti1Image(data, affine)
+    nii.set_qform(None, code=0)
+    nii.set_sform(affine, code=1)
+    nibabel.save(nii, str(path))
+    return data
+
+
+def test_fallback_matches_simpleitk_where_simpleitk_reads_the_file(tmp_path):
+    """At 1e-4 rad SimpleITK still reads the file: the nibabel path must give the same voxels and geometry."""
+    rotation = np.eye(4)
+    rotation[:3, :3] = np.array(sitk.Euler3DTransform((0, 0, 0), 0.1, -0.2, 0.3).GetMatrix()).reshape(3, 3)
+    affine = rotation @ np.diag([0.7, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [-40.0, 25.0, 700.0]
+    _write_sform_only(tmp_path / "a.nii.gz", 1e-4, affine=affine)
+    reference = sitk.ReadImage(str(tmp_path / "a.nii.gz"))
+    image, record = read_nifti_with_nibabel(tmp_path / "a.nii.gz")
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(reference))
+    assert image.GetPixelID() == reference.GetPixelID()
+    assert np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    assert np.allclose(image.GetSpacing(), reference.GetSpacing(), rtol=1e-6)
+    assert np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4)
+    assert record["shear_rad"] == pytest.approx(1e-4, rel=0.01)
+    assert np.allclose(np.array(image.GetDirection()).reshape(3, 3) @ np.array(image.GetDirection()).reshape(3, 3).T,
+                       np.eye(3), atol=1e-12)  # the result is orthonormal
+
+
+def test_read_image_tolerant_falls_back_only_for_the_orthonormal_refusal(tmp_path):
+    data = _write_sform_only(tmp_path / "sheared.nii.gz", 2e-3)
+    image, record = read_image_tolerant(tmp_path / "sheared.nii.gz", "case X: image")
+    assert record["reader"] == "nibabel" and record["direction_correction_rad"] == pytest.approx(1e-3, rel=0.01)
+    assert np.array_equal(sitk.GetArrayFromImage(image), data.transpose(2, 1, 0))
+    assert image.GetOrigin() == pytest.approx((-100.0, -120.0, -300.0))  # RAS affine -> LPS origin
+    sitk.WriteImage(image, str(tmp_path / "plain.nii.gz"))
+    assert read_image_tolerant(tmp_path / "plain.nii.gz")[1] is None
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(ValueError, match="case Y: image .*broken.nii.gz cannot be read"):
+        read_image_tolerant(tmp_path / "broken.nii.gz", "case Y: image")
+    _write_sform_only(tmp_path / "skewed.nii.gz", 0.2)
+    with pytest.raises(ValueError, match=r"sheared by 0.19\d* rad; .* turn an axis by 0.09\d* rad, beyond the 0.01"):
+        read_image_tolerant(tmp_path / "skewed.nii.gz")
+
+
+def test_orthonormal_direction_is_the_polar_factor():
+    matrix = np.array([[1.0, 2e-3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    nearest, angle = orthonormal_direction(matrix)
+    assert np.allclose(nearest @ nearest.T, np.eye(3)) and angle == pytest.approx(1e-3, rel=1e-3)
+    assert orthonormal_direction(np.eye(3))[1] == 0.0
+
+
+def _pair(origin_shift_mm=(0.0, 0.0, 0.0), rotation=0.0, spacing=(1.0, 1.0, 2.0)):
+    image = sitk.Image(10, 12, 8, sitk.sitkInt16)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    image.SetOrigin((5.0, -3.0, 40.0))
+    mask = sitk.Image(10, 12, 8, sitk.sitkUInt8)
+    mask.SetSpacing(spacing)
+    mask.SetOrigin(tuple(np.add(image.GetOrigin(), origin_shift_mm)))
+    c, s = np.cos(rotation), np.sin(rotation)
+    mask.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    return mask, image
+
+
+def test_conform_geometry_within_half_a_voxel_and_1e_3_rad():
+    mask, image = _pair()
+    assert conform_geometry(mask, image, "m")[1] is None
+    mask, image = _pair(origin_shift_mm=(0.0, 0.0, 0.9), rotation=5e-4)  # 0.45 of a 2-mm voxel
+    conformed, correction = conform_geometry(mask, image, "m")
+    assert correction == {"origin_shift_voxels": 0.45, "direction_rad": 0.0005}
+    assert conformed.GetOrigin() == image.GetOrigin() and conformed.GetDirection() == image.GetDirection()
+    for bad, reason in ((dict(origin_shift_mm=(0.6, 0.0, 0.0)), "by more than 0.5 voxel"),
+                        (dict(rotation=2e-3), "by more than 0.5 voxel of origin or 0.001 rad"),
+                        (dict(spacing=(1.0, 1.0, 2.01)), "in spacing")):
+        mask, image = _pair(**bad)
+        with pytest.raises(ValueError, match=f"case 7: mask liver differs in geometry from its image {reason}.*"
+                                             r"spacing .* origin .* direction .* vs image size \(10, 12, 8\)"):
+            conform_geometry(mask, image, "case 7: mask liver")
