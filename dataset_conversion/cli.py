@@ -96,8 +96,10 @@ def merge_main() -> None:
     parser.add_argument("--unannotated", choices=sorted(UNANNOTATED_STRATEGIES), default="ignore",
                         help="what unannotated organs become: 'background' (naive), 'ignore' (nnU-Net's ignore "
                              "label on the unlabelled voxels inside the body of a case whose source lacks some "
-                             "organs; outside air stays background) or 'pseudo' (filled by --teacher models, "
-                             "as nnunet_ctorg_complete_dataset does). Default: ignore")
+                             "organs, and on the unlabelled bone-like voxels of a case whose source annotates bone "
+                             "only in part (TotalSegmentator, CT-ORG training cases); outside air stays "
+                             "background) or 'pseudo' (filled by --teacher models, as "
+                             "nnunet_ctorg_complete_dataset does). Default: ignore")
     parser.add_argument("-np", type=int, default=1, help="number of worker processes. Default: 1")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad case")
     _completion_flags(parser, required=False)

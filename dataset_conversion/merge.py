@@ -34,7 +34,7 @@ from nnunet_ctorg.dataset_conversion.common import (
     CaseJob,
     dataset_folder,
     finish_dataset,
-    print_summary,
+    report,
     run_conversion,
     write_case,
 )
@@ -149,7 +149,7 @@ def stratified_folds(cases: dict[str, dict], n_folds: int = 5, seed: int = 12345
 
 
 def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int, name: str = "Merged",
-                   unannotated: str = "ignore", num_processes: int = 1, strict: bool = True,
+                   unannotated: str = "ignore", num_processes: int = 1, strict: bool = False,
                    progress: bool = False, teachers: list | None = None, **completion_options) -> Path:
     """Merge the datasets ``dataset_ids`` of ``raw_dir`` into ``raw_dir/DatasetXXX_name``.
 
@@ -196,6 +196,7 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
     names = {v: k for k, v in labels.items()}
     work = partial(merge_job, strategy=unannotated, all_ids=all_ids, ignore_id=ignore_id, names=names)
     summary = run_conversion(jobs, work, out, num_processes, strict, f"merging ({unannotated})", progress)
+    report(summary, out, progress)
     finish_dataset(out, scheme, f"merge of {', '.join(ds.name for ds in datasets)}; unannotated organs: "
                    f"{unannotated}", extra_labels={"ignore": ignore_id} if unannotated == "ignore" else None)
     done = set(summary["written"]) | set(summary["skipped"])
@@ -203,8 +204,6 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
     if os.environ.get("nnUNet_preprocessed") and len(training) >= 5:
         write_text_atomic(json.dumps(stratified_folds(training), indent=1),
                           Path(os.environ["nnUNet_preprocessed"]) / out.name / "splits_final.json")
-    if progress:
-        print_summary(summary, out)
     if unannotated == "pseudo":
         import shutil
 

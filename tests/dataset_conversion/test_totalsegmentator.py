@@ -210,3 +210,23 @@ def test_converted_dataset_passes_nnunet_verify_dataset_integrity(totalseg_dir, 
                            "--verify_dataset_integrity", "--no_pp", "-npfp", "1"],
                           env=dict(os.environ), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_command_converts_a_quirky_v1_download_and_reports_each_quirk(tmp_path, nnunet_env):
+    src = tmp_path / "download"
+    generate_dataset("totalseg", str(src / "Totalsegmentator_dataset"), 3, "abdomen", SPACING, seed=5,
+                     version="v1", progress=False, quirks=True)
+    seg = src / "Totalsegmentator_dataset" / "s0000" / "segmentations"
+    (seg / "liver_vessels.nii.gz").write_bytes((seg / "liver.nii.gz").read_bytes())  # a file of another task
+    proc = subprocess.run([nnunet_command("nnunet_ctorg_convert_totalsegmentator"), str(src), "-d", "23"],
+                          capture_output=True, text=True, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert "3 case(s) written, 0 already there, 0 failed, 0 known bad left out" in proc.stdout
+    assert "handled image_read_with_nibabel: 1 case(s), e.g. totalseg_s0001" in proc.stdout
+    assert "handled unknown_mask_files: 1 case(s), e.g. totalseg_s0000" in proc.stdout
+    out = nnunet_env / "nnUNet_raw" / "Dataset023_TotalSegmentator"
+    for k, split in ((0, "Tr"), (1, "Tr"), (2, "Ts")):
+        truth = PhantomSettings("abdomen", SPACING, seed=5).make(k)
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"labels{split}" / f"totalseg_s000{k}.nii.gz")))
+        expected = np.where((truth.organ_labels() == 5) & (truth.mask("sternum") > 0), 0, truth.organ_labels())
+        assert np.array_equal(labels, expected), k  # v1: no sternum
