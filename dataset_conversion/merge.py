@@ -51,7 +51,8 @@ def _keep_background(labels: np.ndarray, image, missing: list[int], ignore_id: i
 # bone), closes it and keeps >= tau1 = 0 HU. At 3 mm, partial volume puts a quarter of the rib voxels of the
 # real CT of ../shared below 154 HU (median 220): a plain 200-HU threshold finds 58 % of them. Hysteresis
 # does better there: the components of >= 100 HU that hold a >= 250 HU core, closed by 5 mm (marrow between
-# cortices), >= 0 HU: 97 % of the rib voxels, 92 % of all bone voxels, 1.6 % of the unlabelled body voxels.
+# cortices), >= 0 HU: 97 % of the rib voxels, 92 % of all bone voxels, 1.6 % of the body voxels
+# that no TotalSegmentator structure labels.
 BONE_CORE_HU = 250.0
 BONE_GROW_HU = 100.0
 BONE_MIN_HU = 0.0

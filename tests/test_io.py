@@ -55,8 +55,9 @@ def test_read_image_tolerant_falls_back_only_for_the_orthonormal_refusal(tmp_pat
     sitk.WriteImage(image, str(tmp_path / "plain.nii.gz"))
     assert read_image_tolerant(tmp_path / "plain.nii.gz")[1] is None
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
-    with pytest.raises(ValueError, match="case Y: image .*broken.nii.gz cannot be read"):
+    with pytest.raises(ValueError, match="case Y: image .*broken.nii.gz cannot be read") as error:
         read_image_tolerant(tmp_path / "broken.nii.gz", "case Y: image")
+    assert "nibabel" not in str(error.value)  # only SimpleITK's orthonormality refusal goes to nibabel
     _write_sform_only(tmp_path / "skewed.nii.gz", 0.2)
     with pytest.raises(ValueError, match=r"sheared by 0.19\d* rad; .* turn an axis by 0.09\d* rad, beyond the 0.01"):
         read_image_tolerant(tmp_path / "skewed.nii.gz")
@@ -95,3 +96,13 @@ def test_conform_geometry_within_half_a_voxel_and_1e_3_rad():
         with pytest.raises(ValueError, match=f"case 7: mask liver differs in geometry from its image {reason}.*"
                                              r"spacing .* origin .* direction .* vs image size \(10, 12, 8\)"):
             conform_geometry(mask, image, "case 7: mask liver")
+
+
+def test_conform_geometry_measures_the_shift_along_the_voxel_axes():
+    image = sitk.Image(10, 12, 8, sitk.sitkInt16)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    image.SetDirection((0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0))  # index z runs along world x
+    mask = sitk.Image(10, 12, 8, sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    mask.SetOrigin((0.9, 0.0, 0.0))  # 0.9 mm along world x: 0.45 of a 2-mm voxel
+    assert conform_geometry(mask, image, "m")[1] == {"origin_shift_voxels": 0.45, "direction_rad": 0.0}

@@ -1,5 +1,6 @@
 """Label schemes: the default, user files and their validation."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -99,6 +100,12 @@ def test_totalsegmentator_lists_are_the_official_ones():
     v2 = dict(enumerate(TOTALSEG_V2_STRUCTURES, start=1))
     assert len(v2) == 117 and (v2[26], v2[51], v2[91], v2[116], v2[117]) == (
         "vertebrae_S1", "heart", "skull", "sternum", "costal_cartilages")
+    # every name, in order: sha256 of the comma-joined names of class_map["total_v1"] and ["total"] as transcribed
+    # from TotalSegmentator's map_to_binary.py (commit 0275d30) by an independent review
+    assert hashlib.sha256(",".join(TOTALSEG_V1_STRUCTURES).encode()).hexdigest() == (
+        "9eb24788c13e8d19b9a56fbca432453db41975bf44af3596d4161b8a2e1265de")
+    assert hashlib.sha256(",".join(TOTALSEG_V2_STRUCTURES).encode()).hexdigest() == (
+        "23d27ae49318ac1260030b2e336e7a859e691e28f87f78ef6b82a61542ac982d")
     assert totalseg_structures("v1") is TOTALSEG_V1_STRUCTURES
     assert detect_totalseg_version({"liver", "face"}) == "v1"
     assert detect_totalseg_version({"liver", "skull"}) == "v2"

@@ -154,3 +154,14 @@ def test_command_exits_non_zero_when_no_case_is_converted(ctorg_dir, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "error: no case was converted (4 failed" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_organsegmentations_wins_and_several_folders_are_refused(tmp_path):
+    from nnunet_ctorg.dataset_conversion.ctorg import find_ctorg_folder
+
+    for sub in ("OrganSegmentations", "backup"):
+        (tmp_path / "CT-ORG" / sub).mkdir(parents=True)
+        (tmp_path / "CT-ORG" / sub / "volume-1.nii.gz").write_bytes(b"")
+    assert find_ctorg_folder(tmp_path / "CT-ORG") == tmp_path / "CT-ORG" / "OrganSegmentations"
+    with pytest.raises(ValueError, match="CT-ORG volumes found in several folders"):
+        find_ctorg_folder(tmp_path)

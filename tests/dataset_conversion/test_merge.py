@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from nnunet_ctorg.body import body_mask
 from nnunet_ctorg.dataset_conversion.abdomenct1k import convert_abdomenct1k_dataset
 from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
-from nnunet_ctorg.dataset_conversion.merge import BONE_MIN_HU, merge_datasets, stratified_folds
+from nnunet_ctorg.dataset_conversion.merge import BONE_MIN_HU, _ignore_unknown, merge_datasets, stratified_folds
 from nnunet_ctorg.dataset_conversion.totalsegmentator import convert_totalseg_dataset
 from nnunet_ctorg.phantoms.cli import generate_dataset
 
@@ -80,8 +80,32 @@ def test_stratified_folds_put_every_source_in_every_validation_set_and_keep_grou
         counts = {s: sum(c.startswith(s) for c in fold["val"]) for s in ("ctorg", "totalseg", "abdomenct1k")}
         assert counts["totalseg"] == 6 and counts["ctorg"] in (2, 3) and counts["abdomenct1k"] in (2, 3)
         assert ("abdomenct1k_000" in fold["val"]) == ("abdomenct1k_007" in fold["val"])
-    assert max(len(f["val"]) for f in folds) - min(len(f["val"]) for f in folds) <= 1
+    assert sorted(len(f["val"]) for f in folds) == [10, 10, 11, 11, 11]  # 53 cases, balanced
     assert stratified_folds(records) == folds  # fixed seed
+
+
+def _body_with_rod_blob_and_rail():
+    z, y, x = np.mgrid[:20, :40, :40]
+    hu = np.full((20, 40, 40), -1000.0, np.float32)
+    body = (y - 18) ** 2 + (x - 20) ** 2 <= 12 ** 2
+    hu[body] = 40.0
+    hu[body & ((y - 18) ** 2 + (x - 14) ** 2 <= 4)] = 700.0  # a bone rod inside the body
+    blob = body & ((y - 18) ** 2 + (x - 26) ** 2 <= 4)
+    hu[blob] = 150.0  # a contrast vessel: dense-ish, without a >= 250 HU core
+    rail = (y >= 35) & (y <= 36) & (np.abs(x - 20) <= 10)
+    hu[rail] = 1000.0  # a table rail in the air outside the body
+    image = sitk.GetImageFromArray(hu)
+    return hu, image, body, blob, rail
+
+
+def test_partial_bone_ignore_is_bone_like_and_inside_the_body():
+    hu, image, body, blob, rail = _body_with_rod_blob_and_rail()
+    out, counts = _ignore_unknown(np.zeros(hu.shape, np.uint8), image, [], 9, {5: "bone"})
+    assert np.all(out[hu == 700] == 9)
+    assert not np.any(out[rail] == 9) and not np.any(out[blob] == 9)
+    assert hu[out == 9].min() >= 0 and counts == {"partial_bone": int((out == 9).sum())}
+    out, counts = _ignore_unknown(np.zeros(hu.shape, np.uint8), image, [], 9, {8: "pancreas"})
+    assert np.all(out[body] == 9) and counts == {"partial_pancreas": int(body_mask(hu).sum())}
 
 
 def test_background_strategy_copies_labels(three_sources):

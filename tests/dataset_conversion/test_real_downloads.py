@@ -180,6 +180,7 @@ def test_unannotated_ribs_become_ignore_not_background(real, tmp_path, nnunet_en
     annotated = naive_labels > 0
     assert np.array_equal(labels[annotated], naive_labels[annotated])  # real labels never change
     hu = sitk.GetArrayFromImage(ct)
+    assert hu[labels == ignore].min() >= 0
     soft = (naive_labels == 0) & (hu > -100) & (hu < 100) & ~rib_voxels
     assert np.mean(labels[soft] == ignore) < 0.2  # soft tissue mostly keeps its background label
     record = json.loads((out / "annotations" / "totalseg_s0001.json").read_text())

@@ -230,3 +230,24 @@ def test_command_converts_a_quirky_v1_download_and_reports_each_quirk(tmp_path, 
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"labels{split}" / f"totalseg_s000{k}.nii.gz")))
         expected = np.where((truth.organ_labels() == 5) & (truth.mask("sternum") > 0), 0, truth.organ_labels())
         assert np.array_equal(labels, expected), k  # v1: no sternum
+
+
+def test_known_bad_entries_apply_to_their_release_only():
+    from nnunet_ctorg.dataset_conversion.common import load_known_bad
+
+    assert "s0184" not in load_known_bad("totalseg", "v2.0.1")
+    assert "s0184" in load_known_bad("totalseg", "v2.0.0")
+    assert "corrupt" in load_known_bad("totalseg", "v1")["s0864"]["reason"]
+
+
+def test_structure_set_is_detected_per_case(tmp_path, nnunet_env):
+    import shutil
+
+    generate_dataset("totalseg", str(tmp_path / "v2"), 2, "abdomen", SPACING, progress=False)
+    generate_dataset("totalseg", str(tmp_path / "v1"), 2, "abdomen", SPACING, version="v1", progress=False)
+    shutil.rmtree(tmp_path / "v2" / "s0001" / "segmentations")
+    shutil.copytree(tmp_path / "v1" / "s0001" / "segmentations", tmp_path / "v2" / "s0001" / "segmentations")
+    out = convert_totalseg_dataset(tmp_path / "v2", nnunet_env / "nnUNet_raw", 24, strict=True)
+    record = json.loads((out / "annotations" / "totalseg_s0001.json").read_text())
+    assert record["version"] == "v1" and record["missing_masks"] == []
+    assert json.loads((out / "annotations" / "totalseg_s0000.json").read_text())["version"] == "v2"
