@@ -81,6 +81,9 @@ def test_stratified_folds_put_every_source_in_every_validation_set_and_keep_grou
         assert counts["totalseg"] == 6 and counts["ctorg"] in (2, 3) and counts["abdomenct1k"] in (2, 3)
         assert ("abdomenct1k_000" in fold["val"]) == ("abdomenct1k_007" in fold["val"])
     assert sorted(len(f["val"]) for f in folds) == [10, 10, 11, 11, 11]  # 53 cases, balanced
+    six_each = {f"{source}_{i}": {"source": source} for source in ("a", "b", "c") for i in range(6)}
+    sizes = [len(f["val"]) for f in stratified_folds(six_each)]
+    assert sorted(sizes) == [3, 3, 4, 4, 4]  # each source's sixth case goes to another fold
     assert stratified_folds(records) == folds  # fixed seed
 
 
