@@ -41,6 +41,11 @@ def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         shutil.copyfile(src, tmp)
 
 
+def _last_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else "unknown error"
+
+
 def read_image(path: str | os.PathLike, what: str = "image"):
     """Read an image with SimpleITK; a missing or unreadable file raises one clear error."""
     import SimpleITK as sitk
@@ -51,18 +56,12 @@ def read_image(path: str | os.PathLike, what: str = "image"):
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise ValueError(f"{what} {path} cannot be read ({first})") from None
+        raise ValueError(f"{what} {path} cannot be read ({_last_line(e)})") from None
 
 
 # Largest deviation from an orthonormal direction (radians) that the nibabel fallback accepts. SimpleITK 2.5
 # refuses a qform-less sform from about 1e-3 rad of shear on; far beyond that the header is broken.
 MAX_DIRECTION_CORRECTION_RAD = 1e-2
-
-
-def _last_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[-1] if text else "unknown error"
 
 
 def orthonormal_direction(matrix: np.ndarray) -> tuple[np.ndarray, float]:
@@ -121,16 +120,11 @@ def read_nifti_with_nibabel(path: str | os.PathLike, what: str = "image"):
 def read_image_tolerant(path: str | os.PathLike, what: str = "image"):
     """``read_image``, with the nibabel fallback of ``read_nifti_with_nibabel`` for NIfTI headers that
     SimpleITK refuses. Returns the image and ``None`` or the fallback's record."""
-    import SimpleITK as sitk
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return sitk.ReadImage(str(path)), None
-    except RuntimeError as e:
-        if not path.name.endswith((".nii", ".nii.gz")) or "orthonormal" not in str(e):
-            raise ValueError(f"{what} {path} cannot be read ({_last_line(e)})") from None
+        return read_image(path, what), None
+    except ValueError as e:
+        if not str(path).endswith((".nii", ".nii.gz")) or "orthonormal" not in str(e):
+            raise
     return read_nifti_with_nibabel(path, what)
 
 
@@ -162,9 +156,8 @@ def conform_geometry(moving, reference, what: str, max_shift_voxels: float = 0.5
         if float(shift.max()) <= 1e-3 and angle <= 1e-6:
             return moving, None
         if float(shift.max()) <= max_shift_voxels and angle <= max_angle_rad:
-            conformed = moving
-            conformed.CopyInformation(reference)
-            return conformed, {"origin_shift_voxels": round(float(shift.max()), 4),
+            moving.CopyInformation(reference)
+            return moving, {"origin_shift_voxels": round(float(shift.max()), 4),
                                "direction_rad": round(angle, 6)}
         reason = f"by more than {max_shift_voxels} voxel of origin or {max_angle_rad} rad of direction"
     else:
