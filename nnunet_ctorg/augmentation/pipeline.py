@@ -6,7 +6,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
-from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
 from nnunet_ctorg.augmentation.parameters import AugmentationParameters
 from nnunet_ctorg.augmentation.transforms import (
@@ -18,11 +17,35 @@ from nnunet_ctorg.augmentation.transforms import (
     BatchedGaussianNoise,
     BatchedHUWindow,
     BatchedLowResolution,
-    BatchedMirror,
     BatchedRandomTransform,
     BatchedSlabOcclusion,
     BatchedTrainingTargets,
+    required_crop_size,
 )
+
+
+def move_parameters(parameters: Sequence[dict], device: torch.device) -> list[dict]:
+    """Every tensor of every transform's parameters on ``device`` in one host-to-device copy.
+
+    The tensors are packed as float32 into one buffer (pinned for CUDA, so the copy does not block the
+    host), copied once and unpacked into views; booleans come back as booleans. Each returned dict
+    keeps the CPU original under ``"host"`` for the decisions that are made on the CPU.
+    """
+    entries = [(i, key, value) for i, params in enumerate(parameters) for key, value in params.items()
+               if isinstance(value, torch.Tensor)]
+    moved = [{**params, "host": params} for params in parameters]
+    if not entries or device.type == "cpu":
+        return moved
+    buffer = torch.cat([value.reshape(-1).to(torch.float32) for _, _, value in entries])
+    if device.type == "cuda":
+        buffer = buffer.pin_memory()
+    on_device = buffer.to(device, non_blocking=True)
+    start = 0
+    for i, key, value in entries:
+        view = on_device[start:start + value.numel()].reshape(value.shape)
+        moved[i][key] = view != 0 if value.dtype == torch.bool else view
+        start += value.numel()
+    return moved
 
 
 class DeviceAugmentation:
@@ -30,19 +53,33 @@ class DeviceAugmentation:
 
     ``image`` (B, C, *crop) float, ``labels`` (B, 1, *crop) integer with -1 for the loader's padding,
     crop at least the patch size; returns the (B, C, *patch) image and the loss targets (a list
-    per deep-supervision scale, or one tensor). Seeded: the same seed gives the same batch.
+    per deep-supervision scale, or one tensor). All random parameters of the batch are drawn on the
+    CPU first (they depend on shapes only) and reach the device in one non-blocking copy
+    (``move_parameters``); no transform reads device data back. Seeded: the same seed gives the same batch.
     """
 
     def __init__(self, transforms: Sequence[BasicTransform], seed: int | None = None):
-        self.transforms = ComposeTransforms(list(transforms))
+        self.transforms = list(transforms)
+        if not self.transforms or not isinstance(self.transforms[0], BatchedAffineWarp):
+            raise ValueError(f"the first transform must be a BatchedAffineWarp, got {self.transforms[:1]!r}")
         self.reseed(seed)
+
+    @property
+    def warp(self) -> BatchedAffineWarp:
+        return self.transforms[0]
 
     def reseed(self, seed: int | None) -> None:
         """Restart every transform's random stream from ``seed`` (``None``: fresh entropy)."""
         sequence = np.random.SeedSequence(seed)
-        random_transforms = [t for t in self.transforms.transforms if isinstance(t, BatchedRandomTransform)]
+        random_transforms = [t for t in self.transforms if isinstance(t, BatchedRandomTransform)]
         for transform, child in zip(random_transforms, sequence.spawn(len(random_transforms))):
             transform.reseed(int(child.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+
+    def draw_parameters(self, image_shape: Sequence[int]) -> list[dict]:
+        """The CPU parameters of every transform for a batch of ``image_shape`` (B, C, *crop)."""
+        crop = torch.empty(tuple(image_shape), device="meta")
+        patch = torch.empty((*image_shape[:2], *self.warp.patch_size), device="meta")
+        return [t.get_parameters(image=crop if i == 0 else patch) for i, t in enumerate(self.transforms)]
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | list]:
@@ -50,8 +87,11 @@ class DeviceAugmentation:
                 or image.shape[2:] != labels.shape[2:]):
             raise ValueError(f"expected image (B, C, X, Y, Z) and labels (B, 1, X, Y, Z) of one shape, got "
                              f"{tuple(image.shape)} and {tuple(labels.shape)}")
-        out = self.transforms(image=image.float(), segmentation=labels)
-        return out["image"], out["segmentation"]
+        parameters = move_parameters(self.draw_parameters(image.shape), image.device)
+        data = {"image": image.float(), "segmentation": labels}
+        for transform, params in zip(self.transforms, parameters):
+            data = transform.apply(data, **params)
+        return data["image"], data["segmentation"]
 
 
 def ct_channel_statistics(normalization_schemes: Sequence[str],
@@ -67,32 +107,53 @@ def ct_channel_statistics(normalization_schemes: Sequence[str],
     return stats
 
 
+def augmentation_crop_size(parameters: AugmentationParameters, patch_size: Sequence[int],
+                           rotation: float = math.radians(30), in_plane_only: bool = False,
+                           spacing: Sequence[float] | None = None) -> tuple[int, ...]:
+    """The loader crop that holds every point the warp of ``parameters`` can sample (see
+    ``required_crop_size``); ``rotation`` and ``spacing`` as in ``build_device_augmentation``."""
+    p = parameters
+    if p.rotation_deg is not None:
+        rotation = math.radians(p.rotation_deg)
+    return required_crop_size(patch_size, rotation if p.p_rotation > 0 else 0.0, in_plane_only,
+                              p.scaling if p.p_scaling > 0 else (1.0, 1.0), p.shear if p.p_shear > 0 else 0.0,
+                              p.affine_noise, p.displacement_vox, spacing if p.physical_rotation else None)
+
+
 def build_device_augmentation(parameters: AugmentationParameters, patch_size: Sequence[int],
                               ct_statistics: Sequence[tuple[float, float, float] | None],
                               rotation: float = math.radians(30), in_plane_only: bool = False,
                               mirror_axes: Sequence[int] | None = (0, 1, 2), cranio_caudal_axis: int = 0,
                               deep_supervision_scales: Sequence | None = None,
                               regions: Sequence | None = None, ignore_label: int | None = None,
+                              label_values: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
                               seed: int | None = None) -> DeviceAugmentation:
-    """The pipeline: warp+crop, occlusion, noise, HU window, blur, brightness, contrast,
-    low resolution, inverted gamma, gamma, mirroring, then the loss targets.
+    """The pipeline: warp+mirror+crop, occlusion, noise, HU window, blur, brightness, contrast,
+    low resolution, inverted gamma, gamma, then the loss targets.
 
     ``ct_statistics`` per channel (see ``ct_channel_statistics``): air (the lower clip of the CT
     normalisation) fills what lies outside the volume and occluded slabs; non-CT channels use 0.
-    ``rotation`` (radians) is used when ``parameters.rotation_deg`` is None. Labels outside the
-    volume become ``ignore_label`` when there is one, else background.
+    ``rotation`` (radians) is used when ``parameters.rotation_deg`` is None. ``label_values``: every
+    label the dataset has (background, organs, ignore), needed for linear label interpolation.
+    ``spacing`` (mm, array axis order) is used when ``parameters.physical_rotation`` is set.
+    Mirroring is folded into the warp; nnU-Net mirrors last, which is the same in distribution
+    because every later operation is symmetric under flips.
     """
     p = parameters
     air = [0.0 if s is None else (s[2] - s[0]) / s[1] for s in ct_statistics]
     if p.rotation_deg is not None:
         rotation = math.radians(p.rotation_deg)
+    if p.physical_rotation and spacing is None:
+        raise ValueError("physical_rotation needs the plan's spacing, got spacing=None")
+    if p.label_interpolation == "linear" and label_values is None:
+        raise ValueError("linear label interpolation needs label_values (every label of the dataset), got None")
     region_targets = None
     if regions is not None:
         region_targets = list(regions) + ([ignore_label] if ignore_label is not None else [])
     transforms: list[BasicTransform] = [
-        BatchedAffineWarp(patch_size, air, 0 if ignore_label is None else ignore_label, p.p_rotation, rotation,
-                          in_plane_only, p.p_scaling, p.scaling, p.p_shear, p.shear, p.affine_noise,
-                          p.p_reflection, p.displacement_vox),
+        BatchedAffineWarp(patch_size, air, p.p_rotation, rotation, in_plane_only, p.p_scaling, p.scaling, p.p_shear,
+                          p.shear, p.affine_noise, p.p_reflection, p.displacement_vox, mirror_axes or (), p.p_mirror,
+                          spacing if p.physical_rotation else None, p.label_interpolation, label_values),
         BatchedSlabOcclusion(cranio_caudal_axis, air, p.p_occlusion, p.occlusion_max_fraction),
         BatchedGaussianNoise(p.p_noise, p.noise_sigma_max),
         BatchedHUWindow([None if s is None else s[:2] for s in ct_statistics], p.p_window, p.window_lower_hu,
@@ -103,8 +164,6 @@ def build_device_augmentation(parameters: AugmentationParameters, patch_size: Se
         BatchedLowResolution(p.p_low_resolution, p.low_resolution_scale, ignore_axes=(0,) if in_plane_only else ()),
         BatchedGamma(p.p_gamma_inverted, p.gamma, invert=True),
         BatchedGamma(p.p_gamma, p.gamma),
+        BatchedTrainingTargets(deep_supervision_scales, region_targets),
     ]
-    if mirror_axes:
-        transforms.append(BatchedMirror(mirror_axes, p.p_mirror))
-    transforms.append(BatchedTrainingTargets(deep_supervision_scales, region_targets))
     return DeviceAugmentation(transforms, seed)

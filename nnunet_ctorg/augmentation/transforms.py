@@ -1,18 +1,26 @@
 """Batched augmentation transforms that run on the device the batch is on (paper 003 §IV).
 
 They follow batchgeneratorsv2's ``BasicTransform`` (``get_parameters`` / ``apply``) but take a whole
-batch: ``image`` (B, C, X, Y, Z) float and ``segmentation`` (B, 1, X, Y, Z) integer. Random
-parameters are drawn on the CPU from each transform's own seeded generator, so a seed fixes the
-parameters whatever the device; per-voxel noise is drawn on the batch's device from a generator
-seeded by the same source. Only the examples an operation is drawn for are touched.
+batch: ``image`` (B, C, X, Y, Z) float and ``segmentation`` (B, 1, X, Y, Z) integer, -1 where the
+data loader padded. ``get_parameters`` reads only shapes and draws every random number of the batch on
+the CPU from the transform's own seeded generator, as tensors over the whole batch; examples an
+operation is not drawn for get identity parameters (multiplier 1, σ 0, window ±inf, ...), so ``apply``
+runs the same kernels on every example and never asks the device which examples were chosen.
+Decisions that change what runs (nothing chosen at all, the per-example size of a low-resolution
+copy, which examples need interpolation) are read from the CPU copy under ``params["host"]``:
+``DeviceAugmentation`` sends all parameters of a batch in one non-blocking copy and keeps that copy.
+Used alone, a transform moves its own parameters. Per-voxel noise is drawn on the batch's device.
 """
 
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform, ImageOnlyTransform, SegOnlyTransform
+
+LABEL_INTERPOLATIONS = ("linear", "nearest")
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -26,15 +34,20 @@ def _check_range(name: str, value: Sequence[float], minimum: float | None = None
         raise ValueError(f"{name} must be (low, high) with {bound} <= low <= high, got {value!r}")
 
 
-def _chosen_index(chosen: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Indices of the examples an operation was drawn for, on ``like``'s device."""
-    return chosen.nonzero()[:, 0].to(like.device)
+def host(params: dict) -> dict:
+    """The CPU copy of a transform's parameters (the parameters themselves when nothing was moved)."""
+    return params.get("host", params)
 
 
-def _channel_view(values: Sequence[float], image: torch.Tensor) -> torch.Tensor:
-    """Per-channel constants shaped (1, C, 1, ...) on the image's device."""
-    shape = (1, len(values)) + (1,) * (image.ndim - 2)
-    return torch.as_tensor(values, dtype=image.dtype, device=image.device).reshape(shape)
+def on_device(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value`` on ``like``'s device, with ``like``'s dtype unless it is boolean (a no-op once moved)."""
+    dtype = value.dtype if value.dtype == torch.bool else like.dtype
+    return value.to(device=like.device, dtype=dtype, non_blocking=True)
+
+
+def spatial_view(values: torch.Tensor, ndim: int = 5) -> torch.Tensor:
+    """(B,) or (B, C) parameters shaped to broadcast over (B, C, X, Y, Z)."""
+    return values.reshape(*values.shape, *(1,) * (ndim - values.ndim))
 
 
 class BatchedRandomTransform(BasicTransform):
@@ -58,9 +71,10 @@ class BatchedRandomTransform(BasicTransform):
         size = (size,) if isinstance(size, int) else tuple(size)
         return low + (high - low) * torch.rand(size, generator=self.generator, dtype=torch.float64)
 
-    def _chosen(self, p: float, n: int) -> torch.Tensor:
-        """Which of n examples receive an operation of probability p (bool, CPU)."""
-        return torch.rand(n, generator=self.generator, dtype=torch.float64) < p
+    def _chosen(self, p: float, size: Sequence[int] | int) -> torch.Tensor:
+        """Which examples (or example-channel pairs) receive an operation of probability p (bool, CPU)."""
+        size = (size,) if isinstance(size, int) else tuple(size)
+        return torch.rand(size, generator=self.generator, dtype=torch.float64) < p
 
     def _bg_contrast(self, value_range: Sequence[float], size: Sequence[int]) -> torch.Tensor:
         """batchgeneratorsv2's ``BGContrast`` draw: half below 1, half above 1 (when the range spans 1)."""
@@ -70,7 +84,9 @@ class BatchedRandomTransform(BasicTransform):
         pick_below = (torch.rand(tuple(size), generator=self.generator, dtype=torch.float64) < 0.5) & (low < 1.0)
         return torch.where(pick_below, below, above)
 
-    def _device_generator(self, device: torch.device) -> torch.Generator:
+    def _device_generator(self, device: torch.device) -> torch.Generator | None:
+        if device.type == "meta":  # shape-only runs (the tests' check that nothing reads device data)
+            return None
         key = str(device)
         if key not in self._device_generators:
             generator = torch.Generator(device=device)
@@ -92,43 +108,100 @@ def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     return rot(0, 1, 2) @ rot(1, 0, 2) @ rot(2, 0, 1)
 
 
-class BatchedAffineWarp(BatchedRandomTransform):
-    """Random affine warp and crop to the patch, all warped examples in one ``grid_sample`` call.
+def required_crop_size(patch_size: Sequence[int], rotation: float, in_plane_only: bool,
+                       scaling: Sequence[float], shear: float, affine_noise: float = 0.0, displacement: float = 0.0,
+                       spacing: Sequence[float] | None = None, angle_steps: int = 25) -> tuple[int, ...]:
+    """The smallest crop (patch + an even margin per axis) that holds every point a warp can sample.
 
-    Output voxel x (patch coordinates) samples the input at ``A (x - c_out) + c_out + o + d``, o the
-    integer offset that centres the patch in the (larger) input crop; for equal shapes this is the
-    paper's x' = A x + b with b = c + d - A c. Image trilinear, labels nearest (no one-hot); what lies
-    outside the input (and the loader's padding, marked -1 in the labels) becomes ``image_fill``
-    (per channel, air) and the label ``seg_outside``. Examples drawn with A = I and d = 0 are cropped
-    without interpolation.
+    A warp samples ``A (x - c) + c + d`` for x in the patch; with A = R . Sh . S (rotation up to
+    ``rotation`` per axis, shear entries up to ``shear``, isotropic scale up to ``max(scaling)``)
+    plus entries of ``affine_noise``, ``|A (x - c)|`` is bounded per axis by ``(|R| M max(scaling) +
+    affine_noise) h``, M the bound of |Sh| (1 on the diagonal, ``shear`` off it, on the axes that warp)
+    and h the half patch; |R| is maximised over a grid of ``angle_steps`` angles per axis (one voxel
+    of slack on the axes that grow covers what the grid misses). With ``spacing`` (physical rotations) the bound is that of
+    S⁻¹ A S. Mirroring does not change the extent.
+    """
+    half = (np.asarray(patch_size, dtype=np.float64) - 1) / 2
+    free = np.array([not in_plane_only, True, True])
+    angles = np.linspace(-rotation, rotation, angle_steps)
+    grid = np.stack(np.meshgrid(angles, angles, angles, indexing="ij"), -1).reshape(-1, 3)
+    if in_plane_only:
+        grid = np.unique(grid * np.array([1.0, 0.0, 0.0]), axis=0)
+    rot = rotation_matrices(torch.from_numpy(grid)).numpy()
+    shear_bound = np.where(np.eye(3, dtype=bool), 1.0, shear * (free[:, None] & free[None, :]))
+    scale = np.where(free, max(scaling), 1.0)
+    if spacing is not None:
+        s = np.asarray(spacing, dtype=np.float64)
+        rot = rot * (s[None, None, :] / s[None, :, None])  # S⁻¹ R S
+        shear_bound = shear_bound * (s[None, :] / s[:, None])
+    bound = np.abs(rot) @ (shear_bound * scale[None, :]) + affine_noise
+    extent = (bound @ half).max(axis=0) + displacement  # largest |offset from the centre| per axis
+    excess = extent - half
+    margin = np.where(excess > 1e-9, np.ceil(excess - 1e-9) + 1, 0)
+    return tuple(int(p + 2 * m) for p, m in zip(patch_size, margin))
+
+
+class BatchedAffineWarp(BatchedRandomTransform):
+    """Random affine warp, mirroring and crop to the patch; all interpolated examples in one ``grid_sample``.
+
+    Output voxel x (patch coordinates) samples the input at ``A F (x - c_out) + c_out + o + d``: o the
+    integer offset that centres the patch in the (larger) input crop, F the mirroring (a flip of the
+    output about its centre), A = rotation . shear . scaling . reflection + noise; for equal shapes
+    this is the paper's x' = A x + b with b = c + d - A c. With ``spacing`` the rotation and shear act
+    in millimetres (A_vox = S⁻¹ A S). Examples drawn with A = I and d = 0 are cropped and flipped
+    without interpolation. Image trilinear; labels ``"linear"`` (nnU-Net: every label's indicator
+    interpolated, the largest wins; needs ``label_values``) or ``"nearest"`` (paper). Outside the
+    volume (and where the loader padded, -1) the image is ``image_fill`` (per channel, air) and the
+    label competes as -1, which becomes background (0): nnU-Net's rule, the same as in validation.
     """
 
-    def __init__(self, patch_size: Sequence[int], image_fill: Sequence[float], seg_outside: int = 0,
-                 p_rotation: float = 0.2, rotation: float = math.radians(30), in_plane_only: bool = False,
-                 p_scaling: float = 0.2, scaling: Sequence[float] = (0.7, 1.4), p_shear: float = 0.2,
-                 shear: float = 0.1, affine_noise: float = 0.0, p_reflection: float = 0.0,
-                 displacement: float = 0.0, seed: int | None = None):
+    def __init__(self, patch_size: Sequence[int], image_fill: Sequence[float], p_rotation: float = 0.2,
+                 rotation: float = math.radians(30), in_plane_only: bool = False, p_scaling: float = 0.2,
+                 scaling: Sequence[float] = (0.7, 1.4), p_shear: float = 0.0, shear: float = 0.1,
+                 affine_noise: float = 0.0, p_reflection: float = 0.0, displacement: float = 0.0,
+                 mirror_axes: Sequence[int] = (), p_mirror: float = 0.5, spacing: Sequence[float] | None = None,
+                 label_interpolation: str = "nearest", label_values: Sequence[int] | None = None,
+                 label_chunk: int = 8, seed: int | None = None):
         super().__init__(seed)
         if len(patch_size) != 3 or min(patch_size) < 2:
             raise ValueError(f"patch_size must be three sizes >= 2, got {patch_size!r}")
         for name, p in (("p_rotation", p_rotation), ("p_scaling", p_scaling), ("p_shear", p_shear),
-                        ("p_reflection", p_reflection)):
+                        ("p_reflection", p_reflection), ("p_mirror", p_mirror)):
             _check_probability(name, p)
         _check_range("scaling", scaling, minimum=1e-6)
         for name, value in (("rotation", rotation), ("shear", shear), ("affine_noise", affine_noise),
                             ("displacement", displacement)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if any(a not in (0, 1, 2) for a in mirror_axes):
+            raise ValueError(f"mirror_axes must be spatial axes among 0, 1, 2, got {tuple(mirror_axes)!r}")
+        if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+            raise ValueError(f"spacing must be three positive sizes in mm, got {spacing!r}")
+        if label_interpolation not in LABEL_INTERPOLATIONS:
+            raise ValueError(f"label_interpolation must be one of {LABEL_INTERPOLATIONS}, got {label_interpolation!r}")
+        if label_interpolation == "linear" and not label_values:
+            raise ValueError(f"linear label interpolation needs the dataset's label_values, got {label_values!r}")
         self.patch_size = tuple(int(s) for s in patch_size)
         self.image_fill = tuple(float(v) for v in image_fill)
-        self.seg_outside = int(seg_outside)
         self.p_rotation, self.rotation, self.in_plane_only = p_rotation, rotation, in_plane_only
         self.p_scaling, self.scaling = p_scaling, tuple(scaling)
         self.p_shear, self.shear, self.affine_noise = p_shear, shear, affine_noise
         self.p_reflection, self.displacement = p_reflection, displacement
+        self.mirror_axes, self.p_mirror = tuple(mirror_axes), p_mirror
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.label_interpolation = label_interpolation
+        self.label_values = None if label_values is None else sorted({int(v) for v in label_values})
+        self.label_chunk = max(1, int(label_chunk))
+
+    def crop_size(self) -> tuple[int, ...]:
+        """The input crop these ranges need (``required_crop_size``)."""
+        return required_crop_size(self.patch_size, self.rotation if self.p_rotation > 0 else 0.0, self.in_plane_only,
+                                  self.scaling if self.p_scaling > 0 else (1.0, 1.0),
+                                  self.shear if self.p_shear > 0 else 0.0, self.affine_noise, self.displacement,
+                                  self.spacing)
 
     def draw_affine(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n matrices A (n, 3, 3) and displacements d (n, 3) in voxels, float64 on the CPU."""
+        """n matrices A (n, 3, 3) in voxels and displacements d (n, 3) in voxels, float64 on the CPU."""
         free = torch.tensor([not self.in_plane_only, True, True])  # axes that may rotate/scale/shear
         angles = self._uniform(-self.rotation, self.rotation, (n, 3))
         angles[:, 1:] *= ~torch.tensor(self.in_plane_only)  # dummy 2-D: rotate about axis 0 only
@@ -136,14 +209,16 @@ class BatchedAffineWarp(BatchedRandomTransform):
         scale = self._uniform(*self.scaling, n)
         scale = torch.where(self._chosen(self.p_scaling, n), scale, torch.ones_like(scale))
         scaling = torch.diag_embed(torch.where(free, scale[:, None], torch.ones(n, 3, dtype=torch.float64)))
-        shearing = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
         off_diagonal = ~torch.eye(3, dtype=torch.bool) & free[:, None] & free[None, :]
         shear_values = self._uniform(-self.shear, self.shear, (n, 3, 3)) * self._chosen(self.p_shear, n)[:, None, None]
-        shearing = shearing + shear_values * off_diagonal
-        reflect = torch.rand((n, 3), generator=self.generator, dtype=torch.float64) < self.p_reflection
+        shearing = torch.eye(3, dtype=torch.float64) + shear_values * off_diagonal
+        reflect = self._chosen(self.p_reflection, (n, 3))
         reflection = torch.diag_embed(torch.where(reflect, -1.0, 1.0).to(torch.float64))
         noise = self._uniform(-self.affine_noise, self.affine_noise, (n, 3, 3))
         matrix = rotation_matrices(angles) @ shearing @ scaling @ reflection + noise
+        if self.spacing is not None:
+            s = torch.tensor(self.spacing, dtype=torch.float64)
+            matrix = torch.diag(1 / s) @ matrix @ torch.diag(s)
         displacement = self._uniform(-self.displacement, self.displacement, (n, 3))
         return matrix, displacement
 
@@ -154,49 +229,94 @@ class BatchedAffineWarp(BatchedRandomTransform):
         input_shape = tuple(image.shape[2:])
         if any(i < p for i, p in zip(input_shape, self.patch_size)):
             raise ValueError(f"input crop {input_shape} is smaller than the patch {self.patch_size}")
-        matrix, displacement = self.draw_affine(image.shape[0])
+        n = image.shape[0]
+        matrix, displacement = self.draw_affine(n)
+        flips = self._chosen(self.p_mirror, (n, 3)) & torch.tensor([a in self.mirror_axes for a in range(3)])
         identity = torch.eye(3, dtype=torch.float64)
         warped = ~((matrix == identity).all(dim=(1, 2)) & (displacement == 0).all(dim=1))
         offset = [(i - p) // 2 for i, p in zip(input_shape, self.patch_size)]
-        grid = None
-        if warped.any():
-            d_in = torch.diag(torch.tensor([(s - 1) / 2 for s in input_shape], dtype=torch.float64))
-            d_out = torch.diag(torch.tensor([(s - 1) / 2 for s in self.patch_size], dtype=torch.float64))
-            shift = torch.tensor([(p - 1) / 2 + o - (i - 1) / 2
-                                  for i, p, o in zip(input_shape, self.patch_size, offset)], dtype=torch.float64)
-            d_in_inv = torch.linalg.inv(d_in)
-            linear = d_in_inv @ matrix[warped] @ d_out
-            translation = (d_in_inv @ (shift + displacement[warped])[..., None])[..., 0]
-            flip = torch.flip(torch.eye(3, dtype=torch.float64), (0,))  # grid_sample wants (z, y, x) -> (x, y, z)
-            theta = torch.cat([flip @ linear @ flip, (flip @ translation[..., None])], dim=2)
-            theta = theta.to(device=image.device, dtype=torch.float32)
-            grid = F.affine_grid(theta, [int(warped.sum()), 1, *self.patch_size], align_corners=True)
-        return {"warped": warped, "offset": offset, "grid": grid, "matrix": matrix, "displacement": displacement}
+        mirrored = matrix @ torch.diag_embed(torch.where(flips, -1.0, 1.0).to(torch.float64))
+        # grid_sample coordinates: input [-1, 1] <-> voxels 0..S-1 (align_corners), axes reversed (x = last)
+        d_in = torch.diag(torch.tensor([(s - 1) / 2 for s in input_shape], dtype=torch.float64))
+        d_out = torch.diag(torch.tensor([(s - 1) / 2 for s in self.patch_size], dtype=torch.float64))
+        shift = torch.tensor([(p - 1) / 2 + o - (i - 1) / 2
+                              for i, p, o in zip(input_shape, self.patch_size, offset)], dtype=torch.float64)
+        d_in_inv = torch.linalg.inv(d_in)
+        linear = d_in_inv @ mirrored @ d_out
+        translation = (d_in_inv @ (shift + displacement)[..., None])[..., 0]
+        reverse = torch.flip(torch.eye(3, dtype=torch.float64), (0,))
+        theta = torch.cat([reverse @ linear @ reverse, (reverse @ translation[..., None])], dim=2)
+        return {"theta": theta, "fill": torch.tensor(self.image_fill, dtype=torch.float64), "warped": warped,
+                "flips": flips, "offset": offset, "matrix": matrix, "displacement": displacement}
 
     def apply(self, data_dict: dict, **params) -> dict:
         image, seg = data_dict["image"], data_dict.get("segmentation")
-        fill = _channel_view(self.image_fill, image)
+        cpu = host(params)
+        fill = spatial_view(on_device(params["fill"], image)[None])
         if seg is not None:
             image = torch.where(seg[:, :1] < 0, fill, image)  # the loader's padding lies outside the volume
-        warped = params["warped"].to(image.device)
-        crop = (slice(None), slice(None)) + tuple(slice(o, o + p) for o, p in zip(params["offset"], self.patch_size))
+        crop = (slice(None), slice(None)) + tuple(slice(o, o + p) for o, p in zip(cpu["offset"], self.patch_size))
         out_image = image[crop].clone()
         out_seg = seg[crop].clone() if seg is not None else None
-        if params["grid"] is not None:
-            grid = params["grid"]
-            out_image[warped] = F.grid_sample(image[warped] - fill, grid, mode="bilinear", padding_mode="zeros",
-                                              align_corners=True) + fill
-            if seg is not None:
-                shifted = (seg[warped] + 1).to(torch.float32)  # 0 = outside after zero padding
-                sampled = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)
-                out_seg[warped] = (sampled.round() - 1).to(seg.dtype)
-        if out_seg is not None:
-            out_seg = torch.where(out_seg < 0, torch.as_tensor(self.seg_outside, dtype=out_seg.dtype,
-                                                               device=out_seg.device), out_seg)
+        warped = [b for b in range(image.shape[0]) if bool(cpu["warped"][b])]
+        if warped:
+            theta = on_device(params["theta"], image)
+            select = (lambda x: x) if len(warped) == image.shape[0] else (
+                lambda x: torch.cat([x[b:b + 1] for b in warped]))
+            grid = F.affine_grid(select(theta), [len(warped), 1, *self.patch_size], align_corners=True)
+            sampled = F.grid_sample(select(image) - fill, grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=True) + fill
+            sampled_seg = self._sample_labels(select(seg), grid) if seg is not None else None
+            for i, b in enumerate(warped):
+                out_image[b] = sampled[i]
+                if seg is not None:
+                    out_seg[b] = sampled_seg[i]
+        for b in range(image.shape[0]):
+            axes = [2 + a for a in range(3) if bool(cpu["flips"][b, a])]
+            if b not in warped and axes:  # interpolated examples were mirrored through the grid
+                out_image[b:b + 1] = out_image[b:b + 1].flip(axes)
+                if out_seg is not None:
+                    out_seg[b:b + 1] = out_seg[b:b + 1].flip(axes)
         data_dict["image"] = out_image
         if out_seg is not None:
-            data_dict["segmentation"] = out_seg
+            data_dict["segmentation"] = out_seg.clamp_(min=0)  # outside the volume -> background
         return data_dict
+
+    def _sample_labels(self, seg: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Labels at the grid points; -1 outside the volume."""
+        if self.label_interpolation == "nearest":
+            shifted = (seg + 1).to(grid.dtype)  # 0 = outside, also after zero padding
+            sampled = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+            return (sampled.round() - 1).to(seg.dtype)
+        # every label's indicator interpolated; outside (-1 and the zero padding) scores 1 - the rest
+        dtype = torch.float16 if seg.is_cuda else torch.float32
+        best_score = best_label = total = None
+        values = self.label_values
+        for start in range(0, len(values), self.label_chunk):
+            chunk = values[start:start + self.label_chunk]
+            indicators = torch.cat([(seg == v).to(dtype) for v in chunk], dim=1)
+            scores = F.grid_sample(indicators, grid.to(dtype), mode="bilinear", padding_mode="zeros",
+                                   align_corners=True).float()
+            chunk_best, index = scores.max(dim=1, keepdim=True)
+            chunk_label = self._label_lookup(index, chunk, seg.dtype)
+            summed = scores.sum(dim=1, keepdim=True)
+            if best_score is None:
+                best_score, best_label, total = chunk_best, chunk_label, summed
+            else:
+                better = chunk_best > best_score  # ties stay with the lower label, as an argmax
+                best_score = torch.where(better, chunk_best, best_score)
+                best_label = torch.where(better, chunk_label, best_label)
+                total = total + summed
+        outside = (1.0 - total) > best_score
+        return torch.where(outside, torch.full_like(best_label, -1), best_label)
+
+    @staticmethod
+    def _label_lookup(index: torch.Tensor, chunk: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """Label values at the argmax positions of a chunk, without sending a table to the device."""
+        out = torch.full(index.shape, chunk[0], dtype=dtype, device=index.device)
+        for position, value in enumerate(chunk[1:], start=1):
+            out = torch.where(index == position, torch.full_like(out, value), out)
+        return out
 
 
 class BatchedSlabOcclusion(BatchedRandomTransform):
@@ -226,29 +346,31 @@ class BatchedSlabOcclusion(BatchedRandomTransform):
         chosen = self._chosen(self.p_occlusion, n)
         index = torch.arange(length, dtype=torch.float64)
         mask = chosen[:, None] & (index >= start[:, None]) & (index <= (start + delta)[:, None])
-        return {"mask": mask, "start": start, "delta": delta, "chosen": chosen}
+        return {"mask": mask, "start": start, "delta": delta, "chosen": chosen,
+                "fill": torch.tensor(self.image_fill, dtype=torch.float64)}
 
     def _broadcast_mask(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         shape = [mask.shape[0], 1, 1, 1, 1]
         shape[2 + self.axis] = mask.shape[1]
-        return mask.to(like.device).reshape(shape)
+        return on_device(mask, like).reshape(shape)
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        if not params["chosen"].any():
+        if not host(params)["chosen"].any():
             return img
-        return torch.where(self._broadcast_mask(params["mask"], img), _channel_view(self.image_fill, img), img)
+        fill = spatial_view(on_device(params["fill"], img)[None])
+        return torch.where(self._broadcast_mask(params["mask"], img), fill, img)
 
     def _apply_to_segmentation(self, segmentation: torch.Tensor, **params) -> torch.Tensor:
-        if not params["chosen"].any():
+        if not host(params)["chosen"].any():
             return segmentation
-        mask = self._broadcast_mask(params["mask"], segmentation)
-        return segmentation.masked_fill(mask, self.background)
+        return segmentation.masked_fill(self._broadcast_mask(params["mask"], segmentation), self.background)
 
 
 class BatchedGaussianNoise(BatchedRandomTransform, ImageOnlyTransform):
-    """Additive Gaussian noise, σ ~ U[0, σmax] drawn per example (paper §IV)."""
+    """Additive Gaussian noise, σ ~ U[0, σmax] per example, one σ for all channels (paper §IV; nnU-Net's
+    ``GaussianNoiseTransform`` draws its "noise_variance" (0, 0.1) and uses it as the standard deviation)."""
 
-    def __init__(self, p_noise: float = 0.1, sigma_max: float = 0.3, seed: int | None = None):
+    def __init__(self, p_noise: float = 0.1, sigma_max: float = 0.1, seed: int | None = None):
         super().__init__(seed)
         _check_probability("p_noise", p_noise)
         if sigma_max < 0:
@@ -257,18 +379,15 @@ class BatchedGaussianNoise(BatchedRandomTransform, ImageOnlyTransform):
 
     def get_parameters(self, **data_dict) -> dict:
         n = data_dict["image"].shape[0]
-        return {"chosen": self._chosen(self.p_noise, n), "sigma": self._uniform(0.0, self.sigma_max, n)}
+        chosen = self._chosen(self.p_noise, n)
+        return {"chosen": chosen, "sigma": self._uniform(0.0, self.sigma_max, n) * chosen}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        chosen = params["chosen"]
-        if not chosen.any():
+        if not host(params)["chosen"].any():
             return img
-        index = _chosen_index(chosen, img)
-        sigma = params["sigma"][chosen].to(device=img.device, dtype=img.dtype).reshape(-1, 1, 1, 1, 1)
-        noise = torch.randn((len(index), *img.shape[1:]), generator=self._device_generator(img.device),
-                            device=img.device, dtype=img.dtype)
-        img[index] += sigma * noise
-        return img
+        noise = torch.randn(img.shape, generator=self._device_generator(img.device), device=img.device,
+                            dtype=img.dtype)
+        return img.add_(noise.mul_(spatial_view(on_device(params["sigma"], img))))
 
 
 class BatchedHUWindow(BatchedRandomTransform, ImageOnlyTransform):
@@ -295,39 +414,58 @@ class BatchedHUWindow(BatchedRandomTransform, ImageOnlyTransform):
         self.p_window, self.lower_hu, self.upper_hu = p_window, tuple(lower_hu), tuple(upper_hu)
 
     def get_parameters(self, **data_dict) -> dict:
-        n = data_dict["image"].shape[0]
-        return {"chosen": self._chosen(self.p_window, n), "lower": self._uniform(*self.lower_hu, n),
-                "upper": self._uniform(*self.upper_hu, n)}
+        n, c = data_dict["image"].shape[:2]
+        if c != len(self.ct_mean_std):
+            raise ValueError(f"the window was built for {len(self.ct_mean_std)} channels, the batch has {c}")
+        chosen = self._chosen(self.p_window, n)
+        lower_hu, upper_hu = self._uniform(*self.lower_hu, n), self._uniform(*self.upper_hu, n)
+        low = torch.full((n, c), -math.inf, dtype=torch.float64)
+        high = torch.full((n, c), math.inf, dtype=torch.float64)
+        for channel, mean_std in enumerate(self.ct_mean_std):
+            if mean_std is not None:
+                mean, std = mean_std
+                low[:, channel] = torch.where(chosen, (lower_hu - mean) / std, -math.inf)
+                high[:, channel] = torch.where(chosen, (upper_hu - mean) / std, math.inf)
+        return {"chosen": chosen, "lower": lower_hu, "upper": upper_hu, "low": low, "high": high}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        chosen = params["chosen"]
-        if not chosen.any():
+        if not host(params)["chosen"].any():
             return img
-        index = _chosen_index(chosen, img)
-        for c, mean_std in enumerate(self.ct_mean_std):
-            if mean_std is None:
-                continue
-            mean, std = mean_std
-            low = ((params["lower"][chosen] - mean) / std).to(device=img.device, dtype=img.dtype).reshape(-1, 1, 1, 1)
-            high = ((params["upper"][chosen] - mean) / std).to(device=img.device, dtype=img.dtype).reshape(-1, 1, 1, 1)
-            img[index, c] = torch.minimum(torch.maximum(img[index, c], low), high)
-        return img
+        return torch.clamp(img, spatial_view(on_device(params["low"], img)), spatial_view(on_device(params["high"], img)))
 
 
-def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """(N,) sigmas in voxels -> (N, 2 radius + 1) normalised kernels; sigma 0 gives the identity."""
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    safe = sigma.clamp(min=1e-6)[:, None]
-    kernels = torch.exp(-0.5 * (x[None] / safe) ** 2)
-    kernels = kernels / kernels.sum(dim=1, keepdim=True)
-    identity = (x == 0).to(torch.float64).expand_as(kernels)
-    return torch.where((sigma > 0)[:, None], kernels, identity)
+def blur_kernel_size(sigma: float, truncate: float = 6.0) -> int:
+    """batchgeneratorsv2's Gaussian kernel size: sigma x truncate + 0.5 rounded to the nearest odd number."""
+    n = sigma * truncate + 0.5
+    rounded = round(n)
+    if rounded % 2 == 1:
+        return rounded
+    return rounded + 1 if n - rounded >= 0 else rounded - 1
+
+
+def gaussian_kernels(sigma: torch.Tensor, radius: int, truncate: float = 6.0) -> torch.Tensor:
+    """(N,) sigmas in voxels -> (N, 2 radius + 1) kernels, each batchgeneratorsv2's kernel for its sigma
+    (size ``blur_kernel_size``, normalised) zero-padded to the common size; sigma 0 gives the identity."""
+    kernels = torch.zeros((len(sigma), 2 * radius + 1), dtype=torch.float32)
+    kernels[:, radius] = 1.0
+    for i, s in enumerate(sigma.tolist()):
+        if s > 0:
+            size = blur_kernel_size(s, truncate)
+            half = (size - 1) // 2
+            if half > radius:
+                raise ValueError(f"sigma {s!r} needs a kernel radius {half}, more than {radius}")
+            x = torch.linspace(-half, half, steps=size)
+            pdf = torch.exp(-0.5 * (x / s).pow(2))
+            kernels[i] = 0.0
+            kernels[i, radius - half:radius + half + 1] = pdf / pdf.sum()
+    return kernels
 
 
 class BatchedGaussianBlur(BatchedRandomTransform, ImageOnlyTransform):
     """nnU-Net's Gaussian blur: σ ~ U(blur_sigma) per example, channel and axis; each channel p 0.5.
 
-    One depthwise separable convolution per axis over all chosen (example, channel) pairs.
+    batchgeneratorsv2's kernels (truncated at 6 σ) and reflect padding; one depthwise convolution per
+    axis over the whole batch, identity kernels where no blur was drawn.
     """
 
     def __init__(self, p_blur: float = 0.2, blur_sigma: Sequence[float] = (0.5, 1.0), p_per_channel: float = 0.5,
@@ -337,31 +475,31 @@ class BatchedGaussianBlur(BatchedRandomTransform, ImageOnlyTransform):
         _check_probability("p_per_channel", p_per_channel)
         _check_range("blur_sigma", blur_sigma, minimum=0.0)
         self.p_blur, self.blur_sigma, self.p_per_channel = p_blur, tuple(blur_sigma), p_per_channel
+        self.radius = max(blur_kernel_size(s) for s in np.linspace(*self.blur_sigma, 101)) // 2 \
+            if self.blur_sigma[1] > 0 else 0
 
     def get_parameters(self, **data_dict) -> dict:
         n, c = data_dict["image"].shape[:2]
         sigma = self._uniform(*self.blur_sigma, (n, c, 3))
-        channel = torch.rand((n, c), generator=self.generator, dtype=torch.float64) < self.p_per_channel
-        return {"chosen": self._chosen(self.p_blur, n), "sigma": sigma * channel[..., None]}
+        channel = self._chosen(self.p_per_channel, (n, c))
+        chosen = self._chosen(self.p_blur, n)
+        sigma = sigma * (channel & chosen[:, None])[..., None]
+        kernels = gaussian_kernels(sigma.permute(2, 0, 1).reshape(-1), self.radius).reshape(3, n * c, -1)
+        return {"chosen": chosen & (sigma > 0).any(dim=(1, 2)), "sigma": sigma, "kernels": kernels}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        chosen = params["chosen"]
-        if not chosen.any() or self.blur_sigma[1] == 0:
+        if not host(params)["chosen"].any() or self.radius == 0:
             return img
-        index = _chosen_index(chosen, img)
-        sigma = params["sigma"][chosen]  # (n, C, 3)
-        n, c = sigma.shape[:2]
-        radius = max(1, math.ceil(3 * self.blur_sigma[1]))
-        x = img[index].reshape(1, n * c, *img.shape[2:])
+        n, c = img.shape[:2]
+        kernels = on_device(params["kernels"], img)
+        x = img.reshape(1, n * c, *img.shape[2:])
         for axis in range(3):
-            kernels = gaussian_kernels(sigma[..., axis].reshape(-1), radius).to(device=img.device, dtype=img.dtype)
             shape = [n * c, 1, 1, 1, 1]
-            shape[2 + axis] = 2 * radius + 1
+            shape[2 + axis] = 2 * self.radius + 1
             pad = [0] * 6
-            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
-            x = F.conv3d(F.pad(x, pad, mode="replicate"), kernels.reshape(shape), groups=n * c)
-        img[index] = x.reshape(n, c, *img.shape[2:])
-        return img
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = self.radius  # F.pad lists the last axis first
+            x = F.conv3d(F.pad(x, pad, mode="reflect"), kernels[axis].reshape(shape), groups=n * c)
+        return x.reshape(img.shape)
 
 
 class BatchedBrightness(BatchedRandomTransform, ImageOnlyTransform):
@@ -376,24 +514,22 @@ class BatchedBrightness(BatchedRandomTransform, ImageOnlyTransform):
 
     def get_parameters(self, **data_dict) -> dict:
         n, c = data_dict["image"].shape[:2]
-        return {"chosen": self._chosen(self.p_brightness, n), "multiplier": self._bg_contrast(self.brightness, (n, c))}
+        chosen = self._chosen(self.p_brightness, n)
+        multiplier = torch.where(chosen[:, None], self._bg_contrast(self.brightness, (n, c)), 1.0)
+        return {"chosen": chosen, "multiplier": multiplier}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        chosen = params["chosen"]
-        if not chosen.any():
+        if not host(params)["chosen"].any():
             return img
-        index = _chosen_index(chosen, img)
-        multiplier = params["multiplier"][chosen].to(device=img.device, dtype=img.dtype)
-        img[index] *= multiplier.reshape(*multiplier.shape, 1, 1, 1)
-        return img
+        return img.mul_(spatial_view(on_device(params["multiplier"], img)))
 
 
 def _spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Mean, min and max over the spatial axes of (n, C, ...), shaped for broadcasting."""
+    """Mean, min and max over the spatial axes of (B, C, ...), shaped for broadcasting."""
     flat = x.flatten(2)
     keep = (1,) * (x.ndim - 2)
-    return (flat.mean(2).reshape(*x.shape[:2], *keep), flat.amin(2).reshape(*x.shape[:2], *keep),
-            flat.amax(2).reshape(*x.shape[:2], *keep))
+    low, high = torch.aminmax(flat, dim=2)
+    return flat.mean(2).reshape(*x.shape[:2], *keep), low.reshape(*x.shape[:2], *keep), high.reshape(*x.shape[:2], *keep)
 
 
 class BatchedContrast(BatchedRandomTransform, ImageOnlyTransform):
@@ -407,24 +543,22 @@ class BatchedContrast(BatchedRandomTransform, ImageOnlyTransform):
 
     def get_parameters(self, **data_dict) -> dict:
         n, c = data_dict["image"].shape[:2]
-        return {"chosen": self._chosen(self.p_contrast, n), "factor": self._bg_contrast(self.contrast, (n, c))}
+        chosen = self._chosen(self.p_contrast, n)
+        return {"chosen": chosen, "factor": torch.where(chosen[:, None], self._bg_contrast(self.contrast, (n, c)), 1.0)}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        chosen = params["chosen"]
-        if not chosen.any():
+        if not host(params)["chosen"].any():
             return img
-        index = _chosen_index(chosen, img)
-        x = img[index]
-        factor = params["factor"][chosen].to(device=img.device, dtype=img.dtype).reshape(*x.shape[:2], 1, 1, 1)
-        mean, low, high = _spatial_stats(x)
-        img[index] = torch.clamp((x - mean) * factor + mean, low, high)
-        return img
+        mean, low, high = _spatial_stats(img)
+        contrasted = torch.clamp((img - mean) * spatial_view(on_device(params["factor"], img)) + mean, low, high)
+        return torch.where(spatial_view(on_device(params["chosen"], img)), contrasted, img)
 
 
 class BatchedLowResolution(BatchedRandomTransform, ImageOnlyTransform):
-    """nnU-Net's low-resolution simulation: nearest down by s ~ U(scale), trilinear back up.
+    """nnU-Net's low-resolution simulation: nearest-exact down by s ~ U(scale), trilinear back up.
 
-    ``ignore_axes`` keep their size (the first axis for anisotropic, "dummy 2-D" patches).
+    ``ignore_axes`` keep their size (the first axis for anisotropic, "dummy 2-D" patches). The size of
+    each low-resolution copy comes from the CPU copy of the parameters, one example-channel at a time.
     """
 
     def __init__(self, p_low_resolution: float = 0.25, scale: Sequence[float] = (0.5, 1.0), p_per_channel: float = 0.5,
@@ -438,17 +572,18 @@ class BatchedLowResolution(BatchedRandomTransform, ImageOnlyTransform):
 
     def get_parameters(self, **data_dict) -> dict:
         n, c = data_dict["image"].shape[:2]
-        channel = torch.rand((n, c), generator=self.generator, dtype=torch.float64) < self.p_per_channel
-        return {"chosen": self._chosen(self.p_low_resolution, n), "channel": channel,
-                "scale": self._uniform(*self.scale, (n, c))}
+        channel = self._chosen(self.p_per_channel, (n, c))
+        chosen = self._chosen(self.p_low_resolution, n)
+        return {"chosen": chosen, "channel": channel & chosen[:, None], "scale": self._uniform(*self.scale, (n, c))}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
+        cpu = host(params)
         shape = img.shape[2:]
-        for b, c in (params["channel"] & params["chosen"][:, None]).nonzero().tolist():
-            s = float(params["scale"][b, c])
+        for b, c in cpu["channel"].nonzero().tolist():  # a CPU tensor: no device synchronisation
+            s = float(cpu["scale"][b, c].to(torch.float32))  # batchgeneratorsv2 rounds with a float32 scale
             small = [size if axis in self.ignore_axes else max(1, round(size * s)) for axis, size in enumerate(shape)]
             down = F.interpolate(img[b:b + 1, c:c + 1], small, mode="nearest-exact")
-            img[b, c] = F.interpolate(down, shape, mode="trilinear", align_corners=False)[0, 0]
+            img[b:b + 1, c:c + 1] = F.interpolate(down, shape, mode="trilinear", align_corners=False)
         return img
 
 
@@ -464,51 +599,21 @@ class BatchedGamma(BatchedRandomTransform, ImageOnlyTransform):
 
     def get_parameters(self, **data_dict) -> dict:
         n, c = data_dict["image"].shape[:2]
-        return {"chosen": self._chosen(self.p_gamma, n), "gamma": self._bg_contrast(self.gamma, (n, c))}
+        chosen = self._chosen(self.p_gamma, n)
+        return {"chosen": chosen, "gamma": torch.where(chosen[:, None], self._bg_contrast(self.gamma, (n, c)), 1.0)}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        chosen = params["chosen"]
-        if not chosen.any():
+        if not host(params)["chosen"].any():
             return img
-        index = _chosen_index(chosen, img)
-        x = -img[index] if self.invert else img[index]
-        gamma = params["gamma"][chosen].to(device=img.device, dtype=img.dtype).reshape(*x.shape[:2], 1, 1, 1)
+        x = -img if self.invert else img
+        gamma = spatial_view(on_device(params["gamma"], img))
         mean, low, high = _spatial_stats(x)
         std = x.flatten(2).std(2).reshape(mean.shape)
         span = high - low
         y = ((x - low) / span.clamp(min=1e-7)) ** gamma * span + low
         y_mean, y_std = y.flatten(2).mean(2).reshape(mean.shape), y.flatten(2).std(2).reshape(mean.shape)
         y = (y - y_mean) * (std / y_std.clamp(min=1e-7)) + mean
-        img[index] = -y if self.invert else y
-        return img
-
-
-class BatchedMirror(BatchedRandomTransform):
-    """nnU-Net's mirroring: each allowed spatial axis flipped with probability p per example."""
-
-    def __init__(self, axes: Sequence[int], p_mirror: float = 0.5, seed: int | None = None):
-        super().__init__(seed)
-        _check_probability("p_mirror", p_mirror)
-        if any(a not in (0, 1, 2) for a in axes):
-            raise ValueError(f"axes must be spatial axes among 0, 1, 2, got {tuple(axes)!r}")
-        self.axes, self.p_mirror = tuple(axes), p_mirror
-
-    def get_parameters(self, **data_dict) -> dict:
-        n = data_dict["image"].shape[0]
-        return {"flips": {axis: self._chosen(self.p_mirror, n) for axis in self.axes}}
-
-    def _flip(self, x: torch.Tensor, flips: dict) -> torch.Tensor:
-        for axis, chosen in flips.items():
-            if chosen.any():
-                index = _chosen_index(chosen, x)
-                x[index] = x[index].flip(2 + axis)
-        return x
-
-    def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
-        return self._flip(img, params["flips"])
-
-    def _apply_to_segmentation(self, segmentation: torch.Tensor, **params) -> torch.Tensor:
-        return self._flip(segmentation, params["flips"])
+        return torch.where(spatial_view(on_device(params["chosen"], img)), -y if self.invert else y, img)
 
 
 class BatchedTrainingTargets(SegOnlyTransform):
@@ -530,8 +635,7 @@ class BatchedTrainingTargets(SegOnlyTransform):
         if self.regions is not None:
             labels = segmentation[:, 0]
             segmentation = torch.stack([
-                torch.isin(labels, torch.as_tensor(region, dtype=labels.dtype, device=labels.device))
-                for region in self.regions], dim=1)
+                torch.stack([labels == int(v) for v in region]).any(dim=0) for region in self.regions], dim=1)
         if self.deep_supervision_scales is None:
             return segmentation
         as_float = segmentation.float()

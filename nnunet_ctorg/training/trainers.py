@@ -17,6 +17,7 @@ from torch import nn
 from nnunet_ctorg.augmentation import (
     AugmentationParameters,
     DeviceAugmentation,
+    augmentation_crop_size,
     build_device_augmentation,
     ct_channel_statistics,
 )
@@ -64,18 +65,43 @@ class CTOrgIOUTrainer(nnUNetTrainer):
             return super().get_training_transforms(
                 patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
                 use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
-        rotation = max(abs(float(r)) for r in rotation_for_DA) if isinstance(rotation_for_DA, (tuple, list)) \
-            else abs(float(rotation_for_DA))
+        statistics = ct_channel_statistics(self.configuration_manager.normalization_schemes,
+                                           self.plans_manager.foreground_intensity_properties_per_channel)
         self.device_augmentation, self.device_crop = (build_device_augmentation(
-            parameters, patch_size,
-            ct_channel_statistics(self.configuration_manager.normalization_schemes,
-                                  self.plans_manager.foreground_intensity_properties_per_channel),
-            rotation=rotation, in_plane_only=bool(do_dummy_2d_data_aug), mirror_axes=mirror_axes,
+            parameters, patch_size, statistics, rotation=self._max_rotation(rotation_for_DA),
+            in_plane_only=bool(do_dummy_2d_data_aug), mirror_axes=mirror_axes,
             cranio_caudal_axis=list(self.plans_manager.transpose_forward).index(0),
-            deep_supervision_scales=deep_supervision_scales, regions=regions, ignore_label=ignore_label)
+            deep_supervision_scales=deep_supervision_scales, regions=regions, ignore_label=ignore_label,
+            label_values=self._label_values(), spacing=self.configuration_manager.spacing)
             for parameters in (self.augmentation_parameters, AugmentationParameters.disabled()))
         self.print_to_log_file(f"augmentation on {self.device}: {self.augmentation_parameters}")
         return None
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's settings, with the loader's crop sized from our ranges when the device pipeline applies."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        patch_size = self.configuration_manager.patch_size
+        if self._device_augmentation_unsupported(patch_size, self.configuration_manager.use_mask_for_norm,
+                                                 self.is_cascaded) is None:
+            initial_patch_size = augmentation_crop_size(
+                self.augmentation_parameters, patch_size, self._max_rotation(rotation), bool(dummy_2d),
+                self.configuration_manager.spacing)
+            self.print_to_log_file(f"loader crop sized for the device augmentation: {initial_patch_size}")
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    @staticmethod
+    def _max_rotation(rotation_for_DA) -> float:
+        if isinstance(rotation_for_DA, (tuple, list)):
+            return max(abs(float(r)) for r in rotation_for_DA)
+        return abs(float(rotation_for_DA))
+
+    def _label_values(self) -> list[int]:
+        """Every label value a training segmentation can hold (background, organs, ignore)."""
+        values = {int(v) for v in self.label_manager.all_labels}
+        if self.label_manager.ignore_label is not None:
+            values.add(int(self.label_manager.ignore_label))
+        return sorted(values)
 
     def _device_augmentation_unsupported(self, patch_size, use_mask_for_norm, is_cascaded) -> str | None:
         if not self.augment_on_device:
