@@ -10,6 +10,7 @@ every value next to nnU-Net's and the paper's.
 
 from dataclasses import dataclass, fields, replace
 
+
 @dataclass(frozen=True)
 class AugmentationParameters:
     """Ranges and probabilities of ``DeviceAugmentation``; change them by subclassing a trainer.

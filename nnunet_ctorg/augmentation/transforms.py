@@ -118,8 +118,8 @@ def required_crop_size(patch_size: Sequence[int], rotation: float, in_plane_only
     plus entries of ``affine_noise``, ``|A (x - c)|`` is bounded per axis by ``(|R| M max(scaling) +
     affine_noise) h``, M the bound of |Sh| (1 on the diagonal, ``shear`` off it, on the axes that warp)
     and h the half patch; |R| is maximised over a grid of ``angle_steps`` angles per axis (one voxel
-    of slack on the axes that grow covers what the grid misses). With ``spacing`` (physical rotations) the bound is that of
-    S⁻¹ A S. Mirroring does not change the extent.
+    of slack on the axes that grow covers what the grid misses). With ``spacing`` (physical
+    rotations) the bound is that of S⁻¹ A S. Mirroring does not change the extent.
     """
     half = (np.asarray(patch_size, dtype=np.float64) - 1) / 2
     free = np.array([not in_plane_only, True, True])
@@ -431,7 +431,8 @@ class BatchedHUWindow(BatchedRandomTransform, ImageOnlyTransform):
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
         if not host(params)["chosen"].any():
             return img
-        return torch.clamp(img, spatial_view(on_device(params["low"], img)), spatial_view(on_device(params["high"], img)))
+        low, high = on_device(params["low"], img), on_device(params["high"], img)
+        return torch.clamp(img, spatial_view(low), spatial_view(high))
 
 
 def blur_kernel_size(sigma: float, truncate: float = 6.0) -> int:
@@ -529,7 +530,8 @@ def _spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     flat = x.flatten(2)
     keep = (1,) * (x.ndim - 2)
     low, high = torch.aminmax(flat, dim=2)
-    return flat.mean(2).reshape(*x.shape[:2], *keep), low.reshape(*x.shape[:2], *keep), high.reshape(*x.shape[:2], *keep)
+    shape = (*x.shape[:2], *keep)
+    return flat.mean(2).reshape(shape), low.reshape(shape), high.reshape(shape)
 
 
 class BatchedContrast(BatchedRandomTransform, ImageOnlyTransform):

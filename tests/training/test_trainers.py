@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_ctorg.augmentation import AugmentationParameters, augmentation_crop_size
 from nnunet_ctorg.training import trainers as ours
 from nnunet_ctorg.training.loss import SoftIoULoss
 from tests.conftest import nnunet_command
@@ -63,11 +65,14 @@ def test_env_command_prints_the_folder_with_the_reexport(monkeypatch):
     assert value.split(os.pathsep) == [trainer_folder(), "/elsewhere"]
 
 
-def _trainer(cls, raw_dataset: Path, preprocessed: Path):
+def _trainer(cls, raw_dataset: Path, preprocessed: Path, device: str = "cpu", plans_update: dict | None = None,
+             **configuration):
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans.update(plans_update or {})
+    plans["configurations"]["3d_fullres"].update(configuration)
     plans["continue_training"] = False  # nnU-Net 2.8's run_training passes this through the plans
     dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
-    return cls(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    return cls(plans, "3d_fullres", 0, dataset_json, device=torch.device(device))
 
 
 @pytest.fixture(scope="module")
@@ -249,8 +254,52 @@ def test_ablation_trainers_keep_nnunets_cpu_augmentation_or_none(planned_dataset
 def test_device_pipeline_reads_the_plans_ct_normalisation(planned_dataset):
     trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
     _training_transforms(trainer)
-    warp = trainer.device_augmentation.transforms.transforms[0]
+    warp = trainer.device_augmentation.transforms[0]
     props = trainer.plans_manager.foreground_intensity_properties_per_channel["0"]
     assert warp.image_fill == pytest.approx([(props["percentile_00_5"] - props["mean"]) / props["std"]])
-    window = trainer.device_augmentation.transforms.transforms[3]
+    window = trainer.device_augmentation.transforms[3]
     assert window.ct_mean_std == [pytest.approx((props["mean"], props["std"]))]
+
+
+class _PhysicalRotationTrainer(ours.CTOrgIOUTrainer):
+    augmentation_parameters = AugmentationParameters(physical_rotation=True, label_interpolation="nearest")
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_the_plans_rotation_axes_spacing_and_labels_reach_the_device_pipeline(planned_dataset, anisotropic):
+    """What nnU-Net derives from the plan (rotation range, dummy 2-D, mirror axes, cranio-caudal axis) and the
+    plan's spacing and labels reach the pipeline, and the loader's crop is sized from our ranges."""
+    configuration = {"patch_size": [8, 40, 32], "spacing": [4.0, 1.0, 1.25]} if anisotropic else {}
+    transpose = {"transpose_forward": [1, 2, 0], "transpose_backward": [2, 0, 1]} if anisotropic else {}
+    trainer = _trainer(_PhysicalRotationTrainer, *planned_dataset, plans_update=transpose, **configuration)
+    _, initial_patch = _training_transforms(trainer)
+    pipeline = trainer.device_augmentation
+    warp, occlusion, low_resolution = pipeline.transforms[0], pipeline.transforms[1], pipeline.transforms[7]
+    patch = tuple(trainer.configuration_manager.patch_size)
+    spacing = tuple(trainer.configuration_manager.spacing)
+    assert warp.patch_size == patch and warp.spacing == spacing
+    assert warp.in_plane_only is anisotropic and low_resolution.ignore_axes == ((0,) if anisotropic else ())
+    assert warp.rotation == pytest.approx(math.pi if anisotropic else math.radians(30))
+    assert warp.mirror_axes == (0, 1, 2) and warp.label_interpolation == "nearest"
+    assert occlusion.axis == (2 if anisotropic else list(trainer.plans_manager.transpose_forward).index(0))
+    assert warp.label_values == sorted(int(v) for v in trainer.label_manager.all_labels)
+    expected = augmentation_crop_size(_PhysicalRotationTrainer.augmentation_parameters, patch, warp.rotation,
+                                      anisotropic, spacing)
+    assert tuple(initial_patch) == expected and expected == warp.crop_size()
+    if anisotropic:
+        assert initial_patch[0] == patch[0] and all(i > p for i, p in zip(initial_patch[1:], patch[1:]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_step_on_cuda_with_amp_augments_on_the_device(planned_dataset):
+    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset, device="cuda")
+    _, initial_patch = _training_transforms(trainer)
+    scales = trainer._get_deep_supervision_scales()
+    trainer.network = _DeepSupervisionNet(len(trainer.label_manager.all_labels), scales).to("cuda")
+    trainer.loss = trainer._build_loss()
+    trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=0.01)
+    batch = {"data": torch.randn((2, 1, *initial_patch)).pin_memory(),
+             "target": torch.randint(-1, 7, (2, 1, *initial_patch), dtype=torch.int16).pin_memory(), "keys": ["a", "b"]}
+    result = trainer.train_step(batch)
+    assert np.isfinite(result["loss"])
+    assert trainer.network.seen == [(2, 1, *trainer.configuration_manager.patch_size)]
