@@ -236,37 +236,54 @@ class BatchedAffineWarp(BatchedRandomTransform):
         warped = ~((matrix == identity).all(dim=(1, 2)) & (displacement == 0).all(dim=1))
         offset = [(i - p) // 2 for i, p in zip(input_shape, self.patch_size)]
         mirrored = matrix @ torch.diag_embed(torch.where(flips, -1.0, 1.0).to(torch.float64))
-        # grid_sample coordinates: input [-1, 1] <-> voxels 0..S-1 (align_corners), axes reversed (x = last)
-        d_in = torch.diag(torch.tensor([(s - 1) / 2 for s in input_shape], dtype=torch.float64))
+        # the input box the interpolated examples read: the corners of the patch bound an affine image
+        c_out = torch.tensor([(p - 1) / 2 for p in self.patch_size], dtype=torch.float64)
+        corners = torch.cartesian_prod(*[torch.tensor([0.0, p - 1.0], dtype=torch.float64) for p in self.patch_size])
+        points = (mirrored @ (corners - c_out).T).transpose(1, 2) + c_out + torch.tensor(offset) + displacement[:, None]
+        box_low, box_high = [0] * 3, [i - 1 for i in input_shape]
+        if warped.any():
+            reached = points[warped].reshape(-1, 3)
+            box_low = [int(v) for v in reached.amin(0).floor().clamp(min=0).tolist()]
+            box_high = [min(int(v), i - 1) for v, i in zip(reached.amax(0).ceil().tolist(), input_shape)]
+            box_low = [min(low, high) for low, high in zip(box_low, box_high)]
+        box_shape = [high - low + 1 for low, high in zip(box_low, box_high)]
+        # grid_sample coordinates: box [-1, 1] <-> its voxels 0..S-1 (align_corners), axes reversed (x = last)
+        d_in = torch.diag(torch.tensor([max(s - 1, 1) / 2 for s in box_shape], dtype=torch.float64))
         d_out = torch.diag(torch.tensor([(s - 1) / 2 for s in self.patch_size], dtype=torch.float64))
-        shift = torch.tensor([(p - 1) / 2 + o - (i - 1) / 2
-                              for i, p, o in zip(input_shape, self.patch_size, offset)], dtype=torch.float64)
+        shift = torch.tensor([(p - 1) / 2 + o - low - (s - 1) / 2
+                              for s, p, o, low in zip(box_shape, self.patch_size, offset, box_low)], dtype=torch.float64)
         d_in_inv = torch.linalg.inv(d_in)
         linear = d_in_inv @ mirrored @ d_out
         translation = (d_in_inv @ (shift + displacement)[..., None])[..., 0]
         reverse = torch.flip(torch.eye(3, dtype=torch.float64), (0,))
         theta = torch.cat([reverse @ linear @ reverse, (reverse @ translation[..., None])], dim=2)
         return {"theta": theta, "fill": torch.tensor(self.image_fill, dtype=torch.float64), "warped": warped,
-                "flips": flips, "offset": offset, "matrix": matrix, "displacement": displacement}
+                "flips": flips, "offset": offset, "box": (tuple(box_low), tuple(box_shape)), "matrix": matrix,
+                "displacement": displacement}
 
     def apply(self, data_dict: dict, **params) -> dict:
         image, seg = data_dict["image"], data_dict.get("segmentation")
         cpu = host(params)
         fill = spatial_view(on_device(params["fill"], image)[None])
-        if seg is not None:
-            image = torch.where(seg[:, :1] < 0, fill, image)  # the loader's padding lies outside the volume
         crop = (slice(None), slice(None)) + tuple(slice(o, o + p) for o, p in zip(cpu["offset"], self.patch_size))
         out_image = image[crop].clone()
         out_seg = seg[crop].clone() if seg is not None else None
+        if seg is not None:
+            out_image = torch.where(out_seg[:, :1] < 0, fill, out_image)  # the loader's padding: outside the volume
         warped = [b for b in range(image.shape[0]) if bool(cpu["warped"][b])]
         if warped:
+            low, shape = cpu["box"]
+            box = (slice(None), slice(None)) + tuple(slice(o, o + s) for o, s in zip(low, shape))
             theta = on_device(params["theta"], image)
             select = (lambda x: x) if len(warped) == image.shape[0] else (
                 lambda x: torch.cat([x[b:b + 1] for b in warped]))
+            box_image, box_seg = select(image[box]), select(seg[box]) if seg is not None else None
+            if seg is not None:
+                box_image = torch.where(box_seg[:, :1] < 0, fill, box_image)
             grid = F.affine_grid(select(theta), [len(warped), 1, *self.patch_size], align_corners=True)
-            sampled = F.grid_sample(select(image) - fill, grid, mode="bilinear", padding_mode="zeros",
+            sampled = F.grid_sample(box_image - fill, grid, mode="bilinear", padding_mode="zeros",
                                     align_corners=True) + fill
-            sampled_seg = self._sample_labels(select(seg), grid) if seg is not None else None
+            sampled_seg = self._sample_labels(box_seg, grid) if seg is not None else None
             for i, b in enumerate(warped):
                 out_image[b] = sampled[i]
                 if seg is not None:
