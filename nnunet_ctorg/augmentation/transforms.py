@@ -251,7 +251,8 @@ class BatchedAffineWarp(BatchedRandomTransform):
         d_in = torch.diag(torch.tensor([max(s - 1, 1) / 2 for s in box_shape], dtype=torch.float64))
         d_out = torch.diag(torch.tensor([(s - 1) / 2 for s in self.patch_size], dtype=torch.float64))
         shift = torch.tensor([(p - 1) / 2 + o - low - (s - 1) / 2
-                              for s, p, o, low in zip(box_shape, self.patch_size, offset, box_low)], dtype=torch.float64)
+                              for s, p, o, low in zip(box_shape, self.patch_size, offset, box_low)],
+                             dtype=torch.float64)
         d_in_inv = torch.linalg.inv(d_in)
         linear = d_in_inv @ mirrored @ d_out
         translation = (d_in_inv @ (shift + displacement)[..., None])[..., 0]
