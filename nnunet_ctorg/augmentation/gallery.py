@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     probabilities = {name: 0.5 for name in vars(AugmentationParameters()) if name.startswith("p_")}
     parameters = AugmentationParameters(**{**probabilities, "p_rotation": 1.0, "p_scaling": 1.0})
-    pipeline = build_device_augmentation(parameters, ct.shape, [(mean, std, lower)],
-                                         label_values=np.unique(seg).tolist(), seed=args.seed)
+    pipeline = build_device_augmentation(parameters, ct.shape, [(mean, std, lower)], seed=args.seed)
     n = 8
     image = torch.from_numpy((np.maximum(ct, lower) - mean) / std)[None, None].repeat(n, 1, 1, 1, 1)
     labels = torch.from_numpy(seg)[None, None].repeat(n, 1, 1, 1, 1)

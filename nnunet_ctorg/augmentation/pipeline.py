@@ -126,16 +126,15 @@ def build_device_augmentation(parameters: AugmentationParameters, patch_size: Se
                               mirror_axes: Sequence[int] | None = (0, 1, 2), cranio_caudal_axis: int = 0,
                               deep_supervision_scales: Sequence | None = None,
                               regions: Sequence | None = None, ignore_label: int | None = None,
-                              label_values: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+                              spacing: Sequence[float] | None = None,
                               seed: int | None = None) -> DeviceAugmentation:
     """The pipeline: warp+mirror+crop, occlusion, noise, HU window, blur, brightness, contrast,
     low resolution, inverted gamma, gamma, then the loss targets.
 
     ``ct_statistics`` per channel (see ``ct_channel_statistics``): air (the lower clip of the CT
     normalisation) fills what lies outside the volume and occluded slabs; non-CT channels use 0.
-    ``rotation`` (radians) is used when ``parameters.rotation_deg`` is None. ``label_values``: every
-    label the dataset has (background, organs, ignore), needed for linear label interpolation.
-    ``spacing`` (mm, array axis order) is used when ``parameters.physical_rotation`` is set.
+    ``rotation`` (radians) is used when ``parameters.rotation_deg`` is None. ``spacing`` (mm, array
+    axis order) is used when ``parameters.physical_rotation`` is set.
     Mirroring is folded into the warp; nnU-Net mirrors last, which is the same in distribution
     because every later operation is symmetric under flips.
     """
@@ -145,15 +144,13 @@ def build_device_augmentation(parameters: AugmentationParameters, patch_size: Se
         rotation = math.radians(p.rotation_deg)
     if p.physical_rotation and spacing is None:
         raise ValueError("physical_rotation needs the plan's spacing, got spacing=None")
-    if p.label_interpolation == "linear" and label_values is None:
-        raise ValueError("linear label interpolation needs label_values (every label of the dataset), got None")
     region_targets = None
     if regions is not None:
         region_targets = list(regions) + ([ignore_label] if ignore_label is not None else [])
     transforms: list[BasicTransform] = [
         BatchedAffineWarp(patch_size, air, p.p_rotation, rotation, in_plane_only, p.p_scaling, p.scaling, p.p_shear,
                           p.shear, p.affine_noise, p.p_reflection, p.displacement_vox, mirror_axes or (), p.p_mirror,
-                          spacing if p.physical_rotation else None, p.label_interpolation, label_values),
+                          spacing if p.physical_rotation else None, p.label_interpolation),
         BatchedSlabOcclusion(cranio_caudal_axis, air, p.p_occlusion, p.occlusion_max_fraction),
         BatchedGaussianNoise(p.p_noise, p.noise_sigma_max),
         BatchedHUWindow([None if s is None else s[:2] for s in ct_statistics], p.p_window, p.window_lower_hu,

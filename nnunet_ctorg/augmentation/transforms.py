@@ -150,7 +150,7 @@ class BatchedAffineWarp(BatchedRandomTransform):
     this is the paper's x' = A x + b with b = c + d - A c. With ``spacing`` the rotation and shear act
     in millimetres (A_vox = S⁻¹ A S). Examples drawn with A = I and d = 0 are cropped and flipped
     without interpolation. Image trilinear; labels ``"linear"`` (nnU-Net: every label's indicator
-    interpolated, the largest wins; needs ``label_values``) or ``"nearest"`` (paper). Outside the
+    interpolated, the largest wins) or ``"nearest"`` (paper). Outside the
     volume (and where the loader padded, -1) the image is ``image_fill`` (per channel, air) and the
     label competes as -1, which becomes background (0): nnU-Net's rule, the same as in validation.
     """
@@ -160,8 +160,7 @@ class BatchedAffineWarp(BatchedRandomTransform):
                  scaling: Sequence[float] = (0.7, 1.4), p_shear: float = 0.0, shear: float = 0.1,
                  affine_noise: float = 0.0, p_reflection: float = 0.0, displacement: float = 0.0,
                  mirror_axes: Sequence[int] = (), p_mirror: float = 0.5, spacing: Sequence[float] | None = None,
-                 label_interpolation: str = "nearest", label_values: Sequence[int] | None = None,
-                 label_chunk: int = 8, seed: int | None = None):
+                 label_interpolation: str = "nearest", seed: int | None = None):
         super().__init__(seed)
         if len(patch_size) != 3 or min(patch_size) < 2:
             raise ValueError(f"patch_size must be three sizes >= 2, got {patch_size!r}")
@@ -179,8 +178,6 @@ class BatchedAffineWarp(BatchedRandomTransform):
             raise ValueError(f"spacing must be three positive sizes in mm, got {spacing!r}")
         if label_interpolation not in LABEL_INTERPOLATIONS:
             raise ValueError(f"label_interpolation must be one of {LABEL_INTERPOLATIONS}, got {label_interpolation!r}")
-        if label_interpolation == "linear" and not label_values:
-            raise ValueError(f"linear label interpolation needs the dataset's label_values, got {label_values!r}")
         self.patch_size = tuple(int(s) for s in patch_size)
         self.image_fill = tuple(float(v) for v in image_fill)
         self.p_rotation, self.rotation, self.in_plane_only = p_rotation, rotation, in_plane_only
@@ -190,8 +187,6 @@ class BatchedAffineWarp(BatchedRandomTransform):
         self.mirror_axes, self.p_mirror = tuple(mirror_axes), p_mirror
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.label_interpolation = label_interpolation
-        self.label_values = None if label_values is None else sorted({int(v) for v in label_values})
-        self.label_chunk = max(1, int(label_chunk))
 
     def crop_size(self) -> tuple[int, ...]:
         """The input crop these ranges need (``required_crop_size``)."""
@@ -306,35 +301,72 @@ class BatchedAffineWarp(BatchedRandomTransform):
             shifted = (seg + 1).to(grid.dtype)  # 0 = outside, also after zero padding
             sampled = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)
             return (sampled.round() - 1).to(seg.dtype)
-        # every label's indicator interpolated; outside (-1 and the zero padding) scores 1 - the rest
-        dtype = torch.float16 if seg.is_cuda else torch.float32
-        best_score = best_label = total = None
-        values = self.label_values
-        for start in range(0, len(values), self.label_chunk):
-            chunk = values[start:start + self.label_chunk]
-            indicators = torch.cat([(seg == v).to(dtype) for v in chunk], dim=1)
-            scores = F.grid_sample(indicators, grid.to(dtype), mode="bilinear", padding_mode="zeros",
-                                   align_corners=True).float()
-            chunk_best, index = scores.max(dim=1, keepdim=True)
-            chunk_label = self._label_lookup(index, chunk, seg.dtype)
-            summed = scores.sum(dim=1, keepdim=True)
-            if best_score is None:
-                best_score, best_label, total = chunk_best, chunk_label, summed
-            else:
-                better = chunk_best > best_score  # ties stay with the lower label, as an argmax
-                best_score = torch.where(better, chunk_best, best_score)
-                best_label = torch.where(better, chunk_label, best_label)
-                total = total + summed
-        outside = (1.0 - total) > best_score
-        return torch.where(outside, torch.full_like(best_label, -1), best_label)
+        if seg.device.type != "cpu":
+            return self._sample_labels_linear(seg, grid)
+        # on a CPU, slabs of ~2^18 points per example keep the temporaries in cache
+        step = max(1, (1 << 18) // (grid.shape[2] * grid.shape[3]))
+        return torch.cat([torch.cat([self._sample_labels_linear(seg[b:b + 1], grid[b:b + 1, start:start + step])
+                                     for start in range(0, grid.shape[1], step)], dim=2)
+                          for b in range(seg.shape[0])])
 
     @staticmethod
-    def _label_lookup(index: torch.Tensor, chunk: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        """Label values at the argmax positions of a chunk, without sending a table to the device."""
-        out = torch.full(index.shape, chunk[0], dtype=dtype, device=index.device)
-        for position, value in enumerate(chunk[1:], start=1):
-            out = torch.where(index == position, torch.full_like(out, value), out)
-        return out
+    def _sample_labels_linear(seg: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Linear-then-argmax labels (nnU-Net's ``SpatialTransform``) from the 8 voxels around each point.
+
+        Interpolating every label's indicator and taking the largest equals giving each of the 8
+        neighbours its trilinear weight and letting the label with the largest summed weight win, so
+        only labels among the 8 neighbours can win: no one-hot of the input, no list of labels, and
+        the cost does not grow with the number of labels. Neighbours outside the box count as the
+        label -1 (outside), as nnU-Net's padding label does; ties go to the lowest label, as an argmax.
+        """
+        n, shape = seg.shape[0], seg.shape[2:]
+        strides = (shape[1] * shape[2], shape[2], 1)
+        offsets, weights_1d, inside_1d = [], [], []  # per axis, for the lower (0) and upper (1) neighbour
+        for axis in range(3):
+            coord = (grid[..., 2 - axis] + 1) * ((shape[axis] - 1) / 2)  # voxels of the box, array order
+            low = coord.floor()
+            frac = coord - low
+            low = low.to(torch.int32)
+            pair = (low, low + 1)
+            inside_1d.append([(i >= 0) & (i < shape[axis]) for i in pair])
+            offsets.append([i.clamp(0, shape[axis] - 1) * strides[axis] for i in pair])
+            weights_1d.append([1 - frac, frac])
+        flat = seg.reshape(n, -1)
+        labels, weights = [], []
+        for j in (0, 1):
+            for k in (0, 1):
+                offset_jk = offsets[1][j] + offsets[2][k]
+                weight_jk = weights_1d[1][j] * weights_1d[2][k]
+                inside_jk = inside_1d[1][j] & inside_1d[2][k]
+                for i in (0, 1):
+                    index = (offsets[0][i] + offset_jk).reshape(n, -1).to(torch.int64)
+                    label = torch.gather(flat, 1, index).reshape(offset_jk.shape)
+                    labels.append(torch.where(inside_1d[0][i] & inside_jk, label, torch.full_like(label, -1)))
+                    weights.append(weights_1d[0][i] * weight_jk)
+        if seg.device.type == "cpu":  # no device to keep in step: vote only where the neighbours disagree
+            stacked = torch.stack(labels).reshape(8, -1)
+            mixed = (stacked != stacked[:1]).any(dim=0).nonzero()[:, 0]
+            result = stacked[0].clone()
+            if len(mixed):
+                mixed_weights = torch.stack(weights).reshape(8, -1)[:, mixed]
+                result[mixed] = BatchedAffineWarp._vote(list(stacked[:, mixed]), list(mixed_weights), seg.dtype)
+            return result.reshape(labels[0].shape)[:, None]
+        return BatchedAffineWarp._vote(labels, weights, seg.dtype)[:, None]
+
+    @staticmethod
+    def _vote(labels: list[torch.Tensor], weights: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """The label with the largest summed weight among 8 (label, weight) pairs; ties: the lowest label."""
+        scores = [w.clone() for w in weights]
+        for a in range(8):
+            for b in range(a + 1, 8):
+                same = labels[a] == labels[b]
+                scores[a] += weights[b] * same
+                scores[b] += weights[a] * same
+        best = torch.stack(scores).amax(dim=0)
+        winner = torch.full_like(labels[0], torch.iinfo(dtype).max)
+        for label, score in zip(labels, scores):
+            winner = torch.where((score == best) & (label < winner), label, winner)
+        return winner
 
 
 class BatchedSlabOcclusion(BatchedRandomTransform):

@@ -72,7 +72,7 @@ class CTOrgIOUTrainer(nnUNetTrainer):
             in_plane_only=bool(do_dummy_2d_data_aug), mirror_axes=mirror_axes,
             cranio_caudal_axis=list(self.plans_manager.transpose_forward).index(0),
             deep_supervision_scales=deep_supervision_scales, regions=regions, ignore_label=ignore_label,
-            label_values=self._label_values(), spacing=self.configuration_manager.spacing)
+            spacing=self.configuration_manager.spacing)
             for parameters in (self.augmentation_parameters, AugmentationParameters.disabled()))
         self.print_to_log_file(f"augmentation on {self.device}: {self.augmentation_parameters}")
         return None
@@ -95,13 +95,6 @@ class CTOrgIOUTrainer(nnUNetTrainer):
         if isinstance(rotation_for_DA, (tuple, list)):
             return max(abs(float(r)) for r in rotation_for_DA)
         return abs(float(rotation_for_DA))
-
-    def _label_values(self) -> list[int]:
-        """Every label value a training segmentation can hold (background, organs, ignore)."""
-        values = {int(v) for v in self.label_manager.all_labels}
-        if self.label_manager.ignore_label is not None:
-            values.add(int(self.label_manager.ignore_label))
-        return sorted(values)
 
     def _device_augmentation_unsupported(self, patch_size, use_mask_for_norm, is_cascaded) -> str | None:
         if not self.augment_on_device:
