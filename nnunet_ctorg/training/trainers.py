@@ -21,6 +21,7 @@ from nnunet_ctorg.augmentation import (
     build_device_augmentation,
     ct_channel_statistics,
 )
+from nnunet_ctorg.augmentation.prefetch import DevicePrefetcher
 from nnunet_ctorg.training.loss.iou import SoftIoULoss
 
 
@@ -37,7 +38,8 @@ class CTOrgIOUTrainer(nnUNetTrainer):
 
     Augmentation runs on the training device (paper 003 §IV): the data-loader workers only load
     and crop the enlarged patch, ``train_step`` warps, crops and augments the whole batch where it
-    lies and builds the deep-supervision targets there (``nnunet_ctorg.augmentation``). Ranges and
+    lies and builds the deep-supervision targets there (``nnunet_ctorg.augmentation``); on CUDA the next
+    batch is copied while the current one trains (``DevicePrefetcher``). Ranges and
     probabilities: ``augmentation_parameters``; ``augmentation_start_epoch`` > 0 trains on plain
     crops first, as the paper did (default 0: nnU-Net's habit). Configurations the device pipeline does not cover
     (2-D, cascade, masked normalisation) fall back to nnU-Net's CPU augmentation, with a log line.
@@ -95,6 +97,16 @@ class CTOrgIOUTrainer(nnUNetTrainer):
         if isinstance(rotation_for_DA, (tuple, list)):
             return max(abs(float(r)) for r in rotation_for_DA)
         return abs(float(rotation_for_DA))
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.device_augmentation is not None and self.device.type == "cuda":
+            self.dataloader_train = DevicePrefetcher(self.dataloader_train, self.device)
+
+    def on_train_end(self) -> None:
+        if isinstance(self.dataloader_train, DevicePrefetcher):
+            self.dataloader_train = self.dataloader_train.loader  # nnU-Net shuts its own generator down
+        super().on_train_end()
 
     def _device_augmentation_unsupported(self, patch_size, use_mask_for_norm, is_cascaded) -> str | None:
         if not self.augment_on_device:
