@@ -599,13 +599,16 @@ EVERYTHING_BUT_NOISE = AugmentationParameters(p_noise=0.0).with_probabilities(
 @pytest.mark.parametrize("tf32", [False, True])
 def test_cpu_and_cuda_give_the_same_batch(tf32, monkeypatch):
     """TF32 (the default for cuDNN convolutions on Ampere and later) rounds the blur's inputs to 10 mantissa
-    bits: about 1e-3 relative, so the tolerance follows the setting instead of hiding it."""
+    bits: about 1e-3 relative, so the tolerance follows the setting instead of hiding it. Gamma is left out:
+    x^γ with γ < 1 has an unbounded slope at the minimum, so any rounding difference there is amplified (it
+    is compared with batchgeneratorsv2 on the CPU, and runs the same torch operations on CUDA)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     image, labels = _cuda_inputs()
     outputs = []
+    lipschitz = dataclasses.replace(EVERYTHING_BUT_NOISE, p_gamma=0.0, p_gamma_inverted=0.0)
     for device in ("cpu", "cuda"):
-        pipeline = build_device_augmentation(EVERYTHING_BUT_NOISE, (32, 32, 32), CT_STATS,
+        pipeline = build_device_augmentation(lipschitz, (32, 32, 32), CT_STATS,
                                              deep_supervision_scales=[[1, 1, 1]], seed=21)
         out, target = pipeline(image.to(device), labels.to(device))
         outputs.append((out.cpu(), target[0].cpu()))
