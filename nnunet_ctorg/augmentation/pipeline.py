@@ -24,6 +24,28 @@ from nnunet_ctorg.augmentation.transforms import (
 )
 
 
+def pack_parameters(parameters: Sequence[dict]) -> torch.Tensor:
+    """Every tensor of every transform's parameters, flattened into one float32 buffer (dict order)."""
+    values = [value.reshape(-1).to(torch.float32) for params in parameters for value in params.values()
+              if isinstance(value, torch.Tensor)]
+    return torch.cat(values) if values else torch.zeros(0)
+
+
+def unpack_parameters(parameters: Sequence[dict], buffer: torch.Tensor) -> list[dict]:
+    """The parameters with each tensor replaced by its view of ``buffer`` (``pack_parameters``'s layout,
+    booleans restored); the CPU originals stay under ``"host"``."""
+    moved, start = [], 0
+    for params in parameters:
+        out = {**params, "host": params}
+        for key, value in params.items():
+            if isinstance(value, torch.Tensor):
+                view = buffer[start:start + value.numel()].reshape(value.shape)
+                out[key] = view != 0 if value.dtype == torch.bool else view
+                start += value.numel()
+        moved.append(out)
+    return moved
+
+
 def move_parameters(parameters: Sequence[dict], device: torch.device) -> list[dict]:
     """Every tensor of every transform's parameters on ``device`` in one host-to-device copy.
 
@@ -31,21 +53,12 @@ def move_parameters(parameters: Sequence[dict], device: torch.device) -> list[di
     host), copied once and unpacked into views; booleans come back as booleans. Each returned dict
     keeps the CPU original under ``"host"`` for the decisions that are made on the CPU.
     """
-    entries = [(i, key, value) for i, params in enumerate(parameters) for key, value in params.items()
-               if isinstance(value, torch.Tensor)]
-    moved = [{**params, "host": params} for params in parameters]
-    if not entries or device.type == "cpu":
-        return moved
-    buffer = torch.cat([value.reshape(-1).to(torch.float32) for _, _, value in entries])
+    if device.type == "cpu":
+        return [{**params, "host": params} for params in parameters]
+    buffer = pack_parameters(parameters)
     if device.type == "cuda":
         buffer = buffer.pin_memory()
-    on_device = buffer.to(device, non_blocking=True)
-    start = 0
-    for i, key, value in entries:
-        view = on_device[start:start + value.numel()].reshape(value.shape)
-        moved[i][key] = view != 0 if value.dtype == torch.bool else view
-        start += value.numel()
-    return moved
+    return unpack_parameters(parameters, buffer.to(device, non_blocking=True))
 
 
 class DeviceAugmentation:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ctorg.augmentation import AugmentationParameters, build_device_augmentation
-from nnunet_ctorg.augmentation.pipeline import move_parameters
+from nnunet_ctorg.augmentation.pipeline import move_parameters, pack_parameters, unpack_parameters
 from nnunet_ctorg.augmentation.transforms import (
     BatchedAffineWarp,
     BatchedBrightness,
@@ -23,6 +23,7 @@ from nnunet_ctorg.augmentation.transforms import (
     BatchedSlabOcclusion,
     BatchedTrainingTargets,
     gaussian_kernels,
+    required_crop_size,
     rotation_matrices,
 )
 
@@ -656,3 +657,76 @@ def test_linear_labels_are_closer_to_the_analytic_truth_than_nearest():
         assert nearest > 0.01, (scale, nearest)  # boundaries exist and nearest gets some wrong
         assert linear < 0.8 * nearest, (scale, nearest, linear)
     assert AugmentationParameters().label_interpolation == "linear"
+
+
+def test_parameters_survive_the_one_buffer_round_trip_booleans_included():
+    warp = _warp((8, 8, 8), p_rotation=0.5, mirror_axes=(0, 2), seed=3)
+    noise = BatchedGaussianNoise(p_noise=0.5, seed=4)
+    params = [warp.get_parameters(image=torch.empty((6, 1, 12, 12, 12), device="meta")),
+              noise.get_parameters(image=torch.empty((6, 1, 8, 8, 8), device="meta"))]
+    unpacked = unpack_parameters(params, pack_parameters(params).clone())
+    for original, moved in zip(params, unpacked):
+        assert moved["host"] is original
+        for key, value in original.items():
+            if isinstance(value, torch.Tensor):
+                assert moved[key].dtype == (torch.bool if value.dtype == torch.bool else torch.float32), key
+                assert torch.equal(moved[key], value.to(moved[key].dtype)), key
+    assert params[0]["flips"].any() and not params[0]["flips"].all()  # both boolean values round-trip
+
+
+def test_bg_contrast_draws_half_below_one():
+    m = BatchedBrightness(p_brightness=1.0, seed=0).get_parameters(image=torch.empty((20000, 1, 1, 1, 1)))
+    m = m["multiplier"]
+    assert abs(float((m < 1).double().mean()) - 0.5) < 0.02
+    assert float(m.min()) >= 0.75 and float(m.max()) <= 1.25
+
+
+def test_crop_size_pins_the_margin_of_a_small_excess():
+    """Scale 1.05 on a 24³ patch: the corners reach 12.075 voxels from the centre, 0.575 beyond the patch:
+    one voxel of margin plus one of slack on each side."""
+    assert required_crop_size((24,) * 3, 0.0, False, (1.05, 1.05), 0.0) == (28, 28, 28)
+    assert required_crop_size((24,) * 3, 0.0, False, (1.0, 1.0), 0.0) == (24, 24, 24)
+    warp = BatchedAffineWarp((24,) * 3, [0.0], 0.0, 0.0, False, 1.0, (1.05, 1.05))
+    theta = warp.get_parameters(image=torch.empty((8, 1, *warp.crop_size()), device="meta"))["theta"]
+    assert float(F.affine_grid(theta.float(), [8, 1, 2, 2, 2], align_corners=True).abs().amax()) <= 1.0
+
+
+def test_linear_label_ties_go_to_the_lowest_label():
+    labels = torch.full((1, 1, 8, 8, 8), 1, dtype=torch.int16)
+    labels[..., :4] = 2
+    warp = _warp((6, 6, 6), label_interpolation="linear", seed=0)
+    warp.draw_affine = lambda n: (torch.eye(3, dtype=torch.float64).repeat(n, 1, 1),
+                                  torch.tensor([[0.0, 0.0, 0.5]] * n, dtype=torch.float64))
+    out = warp(image=torch.zeros((1, 1, 8, 8, 8)), segmentation=labels.clone())["segmentation"][0, 0]
+    # output z samples input z + 1.5: z=1 -> 2.5 (label 2), z=2 -> 3.5 (a tie of 2 and 1), z=3 -> 4.5 (label 1)
+    assert (out[..., 1] == 2).all() and (out[..., 2] == 1).all() and (out[..., 3] == 1).all()
+
+
+def test_low_resolution_keeps_the_first_axis_of_dummy_2d_plans():
+    x = torch.ones((2, 1, 8, 16, 16)) * torch.tensor([1.0, -1.0] * 4).reshape(1, 1, 8, 1, 1)
+    parameters = AugmentationParameters.disabled().with_probabilities(p_low_resolution=1.0)
+    pipeline = build_device_augmentation(parameters, (8, 16, 16), CT_STATS, in_plane_only=True, seed=0)
+    assert pipeline.transforms[7].ignore_axes == (0,)
+    out, _ = pipeline(x.clone(), torch.zeros((2, 1, 8, 16, 16), dtype=torch.int16))
+    assert torch.equal(out, x)  # constant in-plane: only a change along axis 0 could alter it
+    full = build_device_augmentation(parameters, (8, 16, 16), CT_STATS, seed=0)
+    assert not torch.equal(full(x.clone(), torch.zeros((2, 1, 8, 16, 16), dtype=torch.int16))[0], x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: BatchedGaussianNoise(p_noise=0.5, sigma_max=0.5, seed=1),
+    lambda: BatchedBrightness(p_brightness=0.5, seed=1),
+    lambda: BatchedContrast(p_contrast=0.5, seed=1),
+    lambda: BatchedGamma(p_gamma=0.5, seed=1),
+    lambda: BatchedGamma(p_gamma=0.5, invert=True, seed=1),
+    lambda: BatchedGaussianBlur(p_blur=0.5, p_per_channel=1.0, seed=1),
+    lambda: BatchedLowResolution(p_low_resolution=0.5, p_per_channel=1.0, scale=(0.5, 0.6), seed=1),
+], ids=["noise", "brightness", "contrast", "gamma", "inverted_gamma", "blur", "low_resolution"])
+def test_examples_not_drawn_keep_their_values_exactly(make):
+    x = torch.randn((16, 2, 10, 12, 14), generator=torch.Generator().manual_seed(0))
+    transform = make()
+    params = transform.get_parameters(image=x)
+    out = transform.apply({"image": x.clone()}, **params)["image"]
+    chosen = params["chosen"]
+    assert 0 < int(chosen.sum()) < 16
+    assert torch.equal(out[~chosen], x[~chosen]) and not torch.equal(out[chosen], x[chosen])
