@@ -238,8 +238,9 @@ class BatchedAffineWarp(BatchedRandomTransform):
         box_low, box_high = [0] * 3, [i - 1 for i in input_shape]
         if warped.any():
             reached = points[warped].reshape(-1, 3)
-            box_low = [int(v) for v in reached.amin(0).floor().clamp(min=0).tolist()]
-            box_high = [min(int(v), i - 1) for v, i in zip(reached.amax(0).ceil().tolist(), input_shape)]
+            # one voxel beyond the reach, so that float32 rounding of the grid never leaves the box
+            box_low = [int(v) for v in (reached.amin(0).floor() - 1).clamp(min=0).tolist()]
+            box_high = [min(int(v) + 1, i - 1) for v, i in zip(reached.amax(0).ceil().tolist(), input_shape)]
             box_low = [min(low, high) for low, high in zip(box_low, box_high)]
         box_shape = [high - low + 1 for low, high in zip(box_low, box_high)]
         # grid_sample coordinates: box [-1, 1] <-> its voxels 0..S-1 (align_corners), axes reversed (x = last)
