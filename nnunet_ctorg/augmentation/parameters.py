@@ -10,6 +10,8 @@ every value next to nnU-Net's and the paper's.
 
 from dataclasses import dataclass, fields, replace
 
+from nnunet_ctorg.augmentation.transforms import LABEL_INTERPOLATIONS
+
 
 @dataclass(frozen=True)
 class AugmentationParameters:
@@ -104,8 +106,9 @@ class AugmentationParameters:
             raise ValueError(f"rotation_deg must be >= 0 or None, got {self.rotation_deg!r}")
         if self.scaling[0] <= 0 or self.blur_sigma[0] < 0 or self.gamma[0] <= 0 or self.low_resolution_scale[0] <= 0:
             raise ValueError(f"scaling, gamma and low_resolution_scale must be > 0 and blur_sigma >= 0, got {self!r}")
-        if self.label_interpolation not in ("linear", "nearest"):
-            raise ValueError(f"label_interpolation must be 'linear' or 'nearest', got {self.label_interpolation!r}")
+        if self.label_interpolation not in LABEL_INTERPOLATIONS:
+            raise ValueError(f"label_interpolation must be one of {LABEL_INTERPOLATIONS}, "
+                             f"got {self.label_interpolation!r}")
         if self.window_lower_hu[1] >= self.window_upper_hu[0]:
             raise ValueError(f"window limits overlap: lower {self.window_lower_hu!r}, upper {self.window_upper_hu!r}")
 

@@ -20,7 +20,6 @@ from nnunet_ctorg.augmentation.transforms import (
     BatchedRandomTransform,
     BatchedSlabOcclusion,
     BatchedTrainingTargets,
-    required_crop_size,
 )
 
 
@@ -120,17 +119,25 @@ def ct_channel_statistics(normalization_schemes: Sequence[str],
     return stats
 
 
+def _affine_warp(p: AugmentationParameters, patch_size: Sequence[int], ct_statistics, rotation: float,
+                 in_plane_only: bool, mirror_axes: Sequence[int] | None,
+                 spacing: Sequence[float] | None) -> BatchedAffineWarp:
+    """The warp of ``p`` (the one place its ranges meet the plan's rotation, mirroring and spacing)."""
+    if p.physical_rotation and spacing is None:
+        raise ValueError("physical_rotation needs the plan's spacing, got spacing=None")
+    air = [0.0 if s is None else (s[2] - s[0]) / s[1] for s in ct_statistics]
+    rotation = math.radians(p.rotation_deg) if p.rotation_deg is not None else rotation
+    return BatchedAffineWarp(patch_size, air, p.p_rotation, rotation, in_plane_only, p.p_scaling, p.scaling, p.p_shear,
+                             p.shear, p.affine_noise, p.p_reflection, p.displacement_vox, mirror_axes or (), p.p_mirror,
+                             spacing if p.physical_rotation else None, p.label_interpolation)
+
+
 def augmentation_crop_size(parameters: AugmentationParameters, patch_size: Sequence[int],
                            rotation: float = math.radians(30), in_plane_only: bool = False,
                            spacing: Sequence[float] | None = None) -> tuple[int, ...]:
     """The loader crop that holds every point the warp of ``parameters`` can sample (see
     ``required_crop_size``); ``rotation`` and ``spacing`` as in ``build_device_augmentation``."""
-    p = parameters
-    if p.rotation_deg is not None:
-        rotation = math.radians(p.rotation_deg)
-    return required_crop_size(patch_size, rotation if p.p_rotation > 0 else 0.0, in_plane_only,
-                              p.scaling if p.p_scaling > 0 else (1.0, 1.0), p.shear if p.p_shear > 0 else 0.0,
-                              p.affine_noise, p.displacement_vox, spacing if p.physical_rotation else None)
+    return _affine_warp(parameters, patch_size, [None], rotation, in_plane_only, None, spacing).crop_size()
 
 
 def build_device_augmentation(parameters: AugmentationParameters, patch_size: Sequence[int],
@@ -152,19 +159,13 @@ def build_device_augmentation(parameters: AugmentationParameters, patch_size: Se
     because every later operation is symmetric under flips.
     """
     p = parameters
-    air = [0.0 if s is None else (s[2] - s[0]) / s[1] for s in ct_statistics]
-    if p.rotation_deg is not None:
-        rotation = math.radians(p.rotation_deg)
-    if p.physical_rotation and spacing is None:
-        raise ValueError("physical_rotation needs the plan's spacing, got spacing=None")
+    warp = _affine_warp(p, patch_size, ct_statistics, rotation, in_plane_only, mirror_axes, spacing)
     region_targets = None
     if regions is not None:
         region_targets = list(regions) + ([ignore_label] if ignore_label is not None else [])
     transforms: list[BasicTransform] = [
-        BatchedAffineWarp(patch_size, air, p.p_rotation, rotation, in_plane_only, p.p_scaling, p.scaling, p.p_shear,
-                          p.shear, p.affine_noise, p.p_reflection, p.displacement_vox, mirror_axes or (), p.p_mirror,
-                          spacing if p.physical_rotation else None, p.label_interpolation),
-        BatchedSlabOcclusion(cranio_caudal_axis, air, p.p_occlusion, p.occlusion_max_fraction),
+        warp,
+        BatchedSlabOcclusion(cranio_caudal_axis, warp.image_fill, p.p_occlusion, p.occlusion_max_fraction),
         BatchedGaussianNoise(p.p_noise, p.noise_sigma_max),
         BatchedHUWindow([None if s is None else s[:2] for s in ct_statistics], p.p_window, p.window_lower_hu,
                         p.window_upper_hu),
