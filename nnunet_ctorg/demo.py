@@ -90,39 +90,47 @@ def add_cpu_demo_configuration(plans_file: Path, name: str = DEMO_CONFIGURATION,
     write_text_atomic(json.dumps(plans, indent=4), plans_file)
 
 
-def dice_table(summary: dict, labels: dict[str, int]) -> list[tuple[str, float, float]]:
-    """(organ, mean Dice, sd) per foreground label from nnU-Net's evaluation summary."""
+def dice_table(summary: dict, labels: dict[str, int]) -> list[tuple[str, float, float, int]]:
+    """(organ, mean Dice, sd, cases) per foreground label from nnU-Net's evaluation summary.
+
+    Only cases whose reference contains the organ count (nnU-Net's ``n_ref`` > 0; without it, a
+    NaN Dice marks a case where reference and prediction are both empty). Organs absent from
+    every reference are left out.
+    """
     import numpy as np
 
     rows = []
     for name, idx in labels.items():
         if idx == 0:
             continue
-        values = [case["metrics"][str(idx)]["Dice"] for case in summary["metric_per_case"]
-                  if str(idx) in case["metrics"] and not np.isnan(case["metrics"][str(idx)]["Dice"])]
+        values = []
+        for case in summary["metric_per_case"]:
+            metrics = case["metrics"].get(str(idx))
+            if metrics is None or np.isnan(metrics["Dice"]) or metrics.get("n_ref", 1) == 0:
+                continue
+            values.append(metrics["Dice"])
         if values:
-            rows.append((name, float(np.mean(values)), float(np.std(values))))
+            rows.append((name, float(np.mean(values)), float(np.std(values)), len(values)))
     return rows
 
 
-def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_processes: int) -> Path:
-    import json
+DEAD_ORGAN_DICE = 0.05
 
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
+def dead_organs(rows: list[tuple[str, float, float, int]], threshold: float = DEAD_ORGAN_DICE) -> list[str]:
+    """Organs of a :func:`dice_table` whose mean Dice is below ``threshold``: the model did not learn them."""
+    return [name for name, mean, _, _ in rows if mean < threshold]
+
+
+def prepare_demo_dataset(work_dir: Path, n_train: int, n_test: int, num_processes: int, env: dict[str, str],
+                         log: Path) -> Path:
+    """Steps 1-2: phantoms, conversion, nnU-Net planning and preprocessing. Returns the raw dataset folder."""
     from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
     from nnunet_ctorg.label_scheme import DEFAULT_SCHEME, LabelScheme
     from nnunet_ctorg.labels import CTORG_LABELS
     from nnunet_ctorg.phantoms.cli import generate_dataset
 
-    work_dir.mkdir(parents=True, exist_ok=True)
-    env = nnunet_environment(work_dir)
-    log = work_dir / "demo_log.txt"
     ds = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
-    raw = work_dir / "nnUNet_raw" / ds
-    t0 = time.time()
-
     print(f"[1/5] phantom CT-ORG dataset: {n_train} training + {n_test} test cases at {DEMO_SPACING} mm", flush=True)
     phantoms = work_dir / "ctorg_phantoms"
     # CT-ORG keeps cases 0-20 for testing: test phantoms are 0.., training phantoms 21..
@@ -143,31 +151,64 @@ def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_process
               "-overwrite_plans_name", DEMO_PLANS, "-np", str(num_processes), "-npfp", str(num_processes),
               "--verify_dataset_integrity", "--no_pbar"], env, log)
         add_cpu_demo_configuration(plans_file)
+    return work_dir / "nnUNet_raw" / ds
 
-    print(f"[3/5] training {DEMO_TRAINER} on the {device.upper()} (log: {log})", flush=True)
-    model_dir = (work_dir / "nnUNet_results" / ds / f"{DEMO_TRAINER}__{DEMO_PLANS}__{DEMO_CONFIGURATION}")
+
+def train_predict_evaluate(raw: Path, trainer: str, device: str, env: dict[str, str], log: Path,
+                           predictions: Path, summary_file: Path) -> Path:
+    """Steps 3-5: ``nnUNetv2_train`` fold 0 (skipped if finished), ``nnUNetv2_predict`` on imagesTs and
+    nnU-Net's evaluation into ``summary_file``. Returns the model folder."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_ctorg.labels import CTORG_LABELS
+
+    print(f"[3/5] training {trainer} on the {device.upper()} (log: {log})", flush=True)
+    model_dir = Path(env["nnUNet_results"]) / raw.name / f"{trainer}__{DEMO_PLANS}__{DEMO_CONFIGURATION}"
     if not (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
-        _run(["nnUNetv2_train", str(DEMO_DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", DEMO_TRAINER,
+        _run(["nnUNetv2_train", str(DEMO_DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", trainer,
               "-p", DEMO_PLANS, "-device", device], env, log)
 
     print("[4/5] predicting the held-out phantoms", flush=True)
-    predictions = work_dir / "predictions"
     _run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(predictions), "-d", str(DEMO_DATASET_ID),
-          "-c", DEMO_CONFIGURATION, "-f", "0", "-tr", DEMO_TRAINER, "-p", DEMO_PLANS, "-device", device,
+          "-c", DEMO_CONFIGURATION, "-f", "0", "-tr", trainer, "-p", DEMO_PLANS, "-device", device,
           "-npp", "1", "-nps", "1", "--continue_prediction"], env, log)
 
     print("[5/5] evaluation", flush=True)
-    summary_file = work_dir / "dice_summary.json"
     with warnings.catch_warnings():  # nnU-Net warns about labels absent from every case (brain)
         warnings.simplefilter("ignore", RuntimeWarning)
         compute_metrics_on_folder(str(raw / "labelsTs"), str(predictions), str(summary_file), SimpleITKIO(), ".nii.gz",
                                   [v for v in CTORG_LABELS.values() if v], num_processes=1)
-    summary = json.loads(summary_file.read_text())
-    rows = dice_table(summary, CTORG_LABELS)
-    print(f"\nDice on {n_test} held-out phantom(s) ({DEMO_TRAINER}, {DEMO_CONFIGURATION}):")
+    return model_dir
+
+
+def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_processes: int,
+             seed: int | None = 0) -> Path:
+    import json
+
+    from nnunet_ctorg.labels import CTORG_LABELS
+    from nnunet_ctorg.training.trainers import SEED_ENVIRONMENT_VARIABLE
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    env = nnunet_environment(work_dir)
+    env[SEED_ENVIRONMENT_VARIABLE] = "" if seed is None else str(seed)
+    log = work_dir / "demo_log.txt"
+    t0 = time.time()
+    raw = prepare_demo_dataset(work_dir, n_train, n_test, num_processes, env, log)
+    predictions = work_dir / "predictions"
+    summary_file = work_dir / "dice_summary.json"
+    model_dir = train_predict_evaluate(raw, DEMO_TRAINER, device, env, log, predictions, summary_file)
+
+    rows = dice_table(json.loads(summary_file.read_text()), CTORG_LABELS)
+    seeded = "unseeded" if seed is None else f"seed {seed}"
+    print(f"\nDice on {n_test} held-out phantom(s) ({DEMO_TRAINER}, {DEMO_CONFIGURATION}, {seeded}):")
     print(f"  {'organ':<10} {'Dice':>6}   sd")
-    for name, mean, sd in rows:
+    for name, mean, sd, _ in rows:
         print(f"  {name:<10} {mean:6.3f} {sd:5.3f}")
+    for name in dead_organs(rows):
+        print(f"warning: {name} was not learned (Dice < {DEAD_ORGAN_DICE} on every held-out phantom that has it); "
+              "the demo's 720 iterations were too few for it this time. Train longer (see the README's trainer "
+              "reliability table) rather than trusting this model for it.")
     print(f"\nDone in {time.time() - t0:.0f} s. Outputs in {work_dir}:")
     for what, where in (("predictions", predictions), ("model", model_dir), ("metrics", summary_file), ("log", log)):
         print(f"  {what + ':':<13}{where}")
@@ -188,13 +229,17 @@ def main() -> None:
                         help="device for training and prediction. Default: cpu")
     parser.add_argument("-np", type=int, default=min(os.cpu_count() or 1, 2),
                         help="worker processes for phantoms and preprocessing. Default: min(CPUs, 2)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the training (Python, NumPy, torch and the data loaders; nnUNet_ctorg_seed). "
+                             "A negative value trains unseeded, as nnU-Net does. Default: 0")
     args = parser.parse_args()
     if args.num_train < 5:
         sys.exit(f"nnunet_ctorg_demo: error: --num_train must be >= 5 (nnU-Net's 5-fold split), got {args.num_train}")
     if not 1 <= args.num_test <= 21:
         sys.exit(f"nnunet_ctorg_demo: error: --num_test must be in 1..21 (CT-ORG test ids), got {args.num_test}")
     try:
-        run_demo(Path(args.output).resolve(), args.num_train, args.num_test, args.device, args.np)
+        run_demo(Path(args.output).resolve(), args.num_train, args.num_test, args.device, args.np,
+                 seed=None if args.seed < 0 else args.seed)
     except (RuntimeError, ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_demo: error: {e}")
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from nnunet_ctorg.demo import add_cpu_demo_configuration, dice_table, nnunet_environment
+from nnunet_ctorg.demo import add_cpu_demo_configuration, dead_organs, dice_table, nnunet_environment
 
 
 def test_cpu_demo_configuration_inherits_fullres_with_divisible_patch_and_small_network(tmp_path):
@@ -31,7 +31,21 @@ def test_dice_table_averages_per_organ_and_skips_absent_ones():
     ]}
     rows = dice_table(summary, {"background": 0, "liver": 1, "brain": 2})
     assert len(rows) == 1 and rows[0][0] == "liver"
-    assert np.isclose(rows[0][1], 0.7) and np.isclose(rows[0][2], 0.1)
+    assert np.isclose(rows[0][1], 0.7) and np.isclose(rows[0][2], 0.1) and rows[0][3] == 2
+
+
+def test_dice_table_counts_only_cases_whose_reference_has_the_organ():
+    # nnU-Net scores a false positive in a case without the organ as Dice 0 (n_ref 0): not a miss
+    summary = {"metric_per_case": [
+        {"metrics": {"1": {"Dice": 0.9, "n_ref": 50}, "2": {"Dice": 0.0, "n_ref": 0}}},
+        {"metrics": {"1": {"Dice": 0.7, "n_ref": 40}, "2": {"Dice": 0.02, "n_ref": 30}}},
+    ]}
+    rows = dice_table(summary, {"background": 0, "liver": 1, "bladder": 2})
+    assert [(name, n) for name, _, _, n in rows] == [("liver", 2), ("bladder", 1)]
+    assert np.isclose(rows[1][1], 0.02)
+    assert dead_organs(rows) == ["bladder"]
+    assert dead_organs(rows, threshold=0.01) == []
+    assert dead_organs([("lungs", 0.05, 0.0, 1), ("kidneys", 0.0499, 0.0, 1)]) == ["kidneys"]
 
 
 def test_environment_keeps_everything_inside_the_work_folder(tmp_path):

@@ -6,10 +6,17 @@ afterwards, so nothing may be defined here: the classes stay in the installed pa
 
 from nnunet_ctorg.training.trainers import (  # noqa: F401
     CTOrgIOUCETrainer,
+    CTOrgIOUCETrainer_demo,
     CTOrgIOUTrainer,
     CTOrgIOUTrainer_5epochs,
+    CTOrgIOUTrainer_batchIOU_CEwarmup_demo,
+    CTOrgIOUTrainer_batchIOU_demo,
+    CTOrgIOUTrainer_CEwarmup_demo,
     CTOrgIOUTrainer_demo,
     CTOrgIOUTrainer_nnUNetDA,
     CTOrgIOUTrainer_NoDA,
+    CTOrgIOUTrainer_plainIOU,
+    CTOrgIOUTrainer_plainIOU_demo,
     CTOrgIOUTrainer_tiny,
+    nnUNetTrainer_CTOrgDemo,
 )

@@ -5,9 +5,13 @@ data-loader workers and checkpoints refer to them by module path). The folder pr
 ``nnunet_ctorg_env`` only re-exports them for nnU-Net's ``nnUNet_extTrainer`` lookup.
 """
 
+import os
+import random
 from typing import ClassVar
 
+import numpy as np
 import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -24,8 +28,61 @@ from nnunet_ctorg.augmentation import (
 from nnunet_ctorg.augmentation.prefetch import DevicePrefetcher
 from nnunet_ctorg.training.loss.iou import SoftIoULoss
 
+SEED_ENVIRONMENT_VARIABLE = "nnUNet_ctorg_seed"
 
-class CTOrgIOUTrainer(nnUNetTrainer):
+
+def seed_from_environment() -> int | None:
+    """The training seed set in ``nnUNet_ctorg_seed``, or ``None`` when it is unset or empty."""
+    value = os.environ.get(SEED_ENVIRONMENT_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        seed = int(value)
+    except ValueError:
+        raise ValueError(f"{SEED_ENVIRONMENT_VARIABLE} must be a non-negative integer, got {value!r}") from None
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"{SEED_ENVIRONMENT_VARIABLE} must be in [0, 2**32), got {value!r}")
+    return seed
+
+
+class SeededTraining(nnUNetTrainer):
+    """Repeatable training when ``nnUNet_ctorg_seed`` is set (nnU-Net itself never seeds).
+
+    Seeds Python's, NumPy's and torch's generators before the network is built, and replaces
+    nnU-Net's data-loader workers (unseeded, batches taken in whichever order they finish) by
+    one seeded worker per loader, whose batches arrive in a fixed order. With
+    ``nnUNet_n_proc_DA=0`` the loaders run in the main process and the global seed covers them.
+    On a CPU a seeded run repeats exactly; CUDA kernels may still differ in the last bits.
+    Unset, training is nnU-Net's, unseeded.
+    """
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.training_seed = seed_from_environment()
+        if self.training_seed is not None:
+            random.seed(self.training_seed)
+            np.random.seed(self.training_seed)
+            torch.manual_seed(self.training_seed)
+
+    def get_dataloaders(self):
+        train, val = super().get_dataloaders()
+        if self.training_seed is None or not isinstance(train, NonDetMultiThreadedAugmenter):
+            return train, val
+        self.print_to_log_file(f"seeded training ({SEED_ENVIRONMENT_VARIABLE}={self.training_seed}): "
+                               "one seeded data-loader worker per loader")
+        seeded = []
+        for offset, loader in enumerate((train, val)):
+            loader._finish()
+            seeded.append(NonDetMultiThreadedAugmenter(
+                data_loader=loader.generator, transform=None, num_processes=1, num_cached=6,
+                seeds=[(self.training_seed + offset) % 2**32], pin_memory=self.device.type == "cuda",
+                wait_time=0.002))
+            _ = next(seeded[-1])
+        return tuple(seeded)
+
+
+class CTOrgIOUTrainer(SeededTraining):
     """nnU-Net with the soft IOU loss of Rister et al. in place of Dice + cross-entropy.
 
     Deep supervision, its weights (1/2^i, lowest output 0, normalised), the ignore label and
@@ -48,7 +105,9 @@ class CTOrgIOUTrainer(nnUNetTrainer):
 
     iou_do_bg: bool = True
     iou_power: float = 1.0
+    iou_over_batch: ClassVar[bool | None] = None  # None: the plans' batch_dice
     ce_weight: float = 0.0
+    ce_warmup_epochs: ClassVar[int] = 0  # > 0: CE weight decays linearly from 1 to ce_weight over these epochs
     augment_on_device: ClassVar[bool] = True
     augmentation_parameters: ClassVar[AugmentationParameters] = AugmentationParameters()
     augmentation_start_epoch: ClassVar[int] = 0
@@ -129,6 +188,20 @@ class CTOrgIOUTrainer(nnUNetTrainer):
             batch = {**batch, "data": data, "target": target}
         return super().train_step(batch)
 
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.ce_warmup_epochs > 0:
+            criterion = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
+            criterion.weight_ce = self.ce_weight_at(self.current_epoch)
+            self.print_to_log_file(f"cross-entropy weight {criterion.weight_ce:.3f}")
+
+    def ce_weight_at(self, epoch: int) -> float:
+        """Cross-entropy weight of ``epoch``: 1 -> ``ce_weight`` linearly over ``ce_warmup_epochs``."""
+        if self.ce_warmup_epochs <= 0:
+            return self.ce_weight
+        fraction = min(epoch / self.ce_warmup_epochs, 1.0)
+        return (1 - fraction) * 1.0 + fraction * self.ce_weight
+
     def _build_loss(self) -> nn.Module:
         loss = super()._build_loss()
         criterion = self._build_iou_criterion()
@@ -140,7 +213,8 @@ class CTOrgIOUTrainer(nnUNetTrainer):
     def _build_iou_criterion(self) -> nn.Module:
         """IOU (+ optional CE) for one output, with nnU-Net's ignore-label handling."""
         iou_kwargs = {
-            "batch_dice": self.configuration_manager.batch_dice,
+            "batch_dice": self.configuration_manager.batch_dice if self.iou_over_batch is None
+            else self.iou_over_batch,
             "do_bg": self.iou_do_bg,
             "smooth": 1e-5,
             "ddp": self.is_ddp,
@@ -148,12 +222,12 @@ class CTOrgIOUTrainer(nnUNetTrainer):
         }
         if self.label_manager.has_regions:
             criterion = DC_and_BCE_loss(
-                {}, iou_kwargs, weight_ce=self.ce_weight, weight_dice=1,
+                {}, iou_kwargs, weight_ce=self.ce_weight_at(0), weight_dice=1,
                 use_ignore_label=self.label_manager.ignore_label is not None, dice_class=SoftIoULoss,
             )
         else:
             criterion = DC_and_CE_loss(
-                iou_kwargs, {}, weight_ce=self.ce_weight, weight_dice=1,
+                iou_kwargs, {}, weight_ce=self.ce_weight_at(0), weight_dice=1,
                 ignore_label=self.label_manager.ignore_label, dice_class=SoftIoULoss,
             )
         if self._do_i_compile():
@@ -210,19 +284,13 @@ class CTOrgIOUTrainer_tiny(CTOrgIOUTrainer):
         self.num_val_iterations_per_epoch = 2
 
 
-class CTOrgIOUTrainer_demo(CTOrgIOUTrainer):
-    """The README demo's budget: a short CPU run that still learns the large organs.
+class DemoBudget(SeededTraining):
+    """The README demo's budget for any trainer: a short CPU run that still learns the large organs.
 
-    720 iterations, and no mirroring test-time augmentation at inference (8x fewer network
-    passes in the final validation and in ``nnUNetv2_predict``); training still mirrors.
-    Training is not seeded; with the IOU loss a class can die in the first iterations and never
-    come back (1 demo run in 5 lost bone with nnU-Net's augmentation; lungs died in a run with all
-    augmentation from the start). As in paper 003 §VI-C, the first third of the epochs trains on
-    plain crops and augmentation starts afterwards. Adding cross-entropy in the first 5 epochs was
-    tried and is worse: it drove this small network to predict background only (2 of 2 runs).
+    45 epochs x 16 iterations (720), 2 validation iterations per epoch, and no mirroring
+    test-time augmentation at inference (8x fewer network passes in the final validation and in
+    ``nnUNetv2_predict``); training still mirrors. Put it first among the bases.
     """
-
-    augmentation_start_epoch = 15
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -235,3 +303,44 @@ class CTOrgIOUTrainer_demo(CTOrgIOUTrainer):
         configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return configured
+
+
+class CTOrgIOUTrainer_demo(DemoBudget, CTOrgIOUTrainer):
+    """``CTOrgIOUTrainer`` at the demo's budget; as in paper 003 §VI-C, the first third of the epochs
+    trains on plain crops and augmentation starts afterwards."""
+
+    augmentation_start_epoch = 15
+
+
+class CTOrgIOUTrainer_plainIOU(CTOrgIOUTrainer):
+    """The paper's loss alone: IOU per example (the plans' ``batch_dice``), no cross-entropy."""
+
+    iou_over_batch = None
+    ce_weight = 0.0
+    ce_warmup_epochs = 0
+
+
+class nnUNetTrainer_CTOrgDemo(DemoBudget):
+    """nnU-Net's own trainer (Dice + CE, CPU augmentation) at the demo's budget: the reference of
+    ``benchmarks/trainer_reliability.py``."""
+
+
+class CTOrgIOUTrainer_plainIOU_demo(DemoBudget, CTOrgIOUTrainer_plainIOU):
+    augmentation_start_epoch = 15
+
+
+class CTOrgIOUCETrainer_demo(DemoBudget, CTOrgIOUCETrainer):
+    augmentation_start_epoch = 15
+
+
+class CTOrgIOUTrainer_batchIOU_demo(CTOrgIOUTrainer_plainIOU_demo):
+    iou_over_batch = True
+
+
+class CTOrgIOUTrainer_batchIOU_CEwarmup_demo(CTOrgIOUTrainer_plainIOU_demo):
+    iou_over_batch = True
+    ce_warmup_epochs = 15
+
+
+class CTOrgIOUTrainer_CEwarmup_demo(CTOrgIOUTrainer_plainIOU_demo):
+    ce_warmup_epochs = 15

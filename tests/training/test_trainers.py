@@ -20,7 +20,10 @@ from nnunet_ctorg.training.loss import SoftIoULoss
 from tests.conftest import nnunet_command
 
 TRAINER_NAMES = ["CTOrgIOUTrainer", "CTOrgIOUCETrainer", "CTOrgIOUTrainer_5epochs", "CTOrgIOUTrainer_tiny",
-                 "CTOrgIOUTrainer_demo", "CTOrgIOUTrainer_nnUNetDA", "CTOrgIOUTrainer_NoDA"]
+                 "CTOrgIOUTrainer_demo", "CTOrgIOUTrainer_nnUNetDA", "CTOrgIOUTrainer_NoDA",
+                 "CTOrgIOUTrainer_plainIOU", "CTOrgIOUTrainer_plainIOU_demo", "CTOrgIOUCETrainer_demo",
+                 "CTOrgIOUTrainer_batchIOU_demo", "CTOrgIOUTrainer_batchIOU_CEwarmup_demo",
+                 "CTOrgIOUTrainer_CEwarmup_demo", "nnUNetTrainer_CTOrgDemo"]
 
 
 @pytest.mark.parametrize("name", TRAINER_NAMES)
@@ -113,6 +116,60 @@ def test_iou_trainer_loss_is_iou_with_nnunets_deep_supervision_weights(planned_d
     assert iou_ce.loss.weight_ce == 1 and isinstance(iou_ce.loss.dc, SoftIoULoss)
 
 
+@pytest.mark.parametrize("value, expected", [("", None), (" 7 ", 7), ("0", 0)])
+def test_seed_comes_from_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, value)
+    assert ours.seed_from_environment() == expected
+    monkeypatch.delenv(ours.SEED_ENVIRONMENT_VARIABLE)
+    assert ours.seed_from_environment() is None
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", str(2**32)])
+def test_bad_seed_is_refused_with_its_value(monkeypatch, value):
+    monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, value)
+    with pytest.raises(ValueError, match=f"nnUNet_ctorg_seed.*{value!r}"):
+        ours.seed_from_environment()
+
+
+def test_seeded_trainer_seeds_every_generator_before_the_network_is_built(planned_dataset, monkeypatch):
+    import random
+
+    draws = []
+    for seed in ("5", "5", "6"):
+        monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, seed)
+        trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+        assert trainer.training_seed == int(seed)
+        draws.append((random.random(), float(np.random.uniform()), float(torch.rand(1))))
+    assert draws[0] == draws[1] and all(a != b for a, b in zip(draws[0], draws[2]))
+    monkeypatch.delenv(ours.SEED_ENVIRONMENT_VARIABLE)
+    assert _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset).training_seed is None
+
+
+def test_iou_over_the_batch_and_the_plans_batch_dice(planned_dataset):
+    plain = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=False)._build_loss()
+    assert plain.loss.dc.batch_dice is False and plain.loss.weight_ce == 0
+    plain = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=True)._build_loss()
+    assert plain.loss.dc.batch_dice is True
+    over_batch = _trainer(ours.CTOrgIOUTrainer_batchIOU_demo, *planned_dataset, batch_dice=False)._build_loss()
+    assert over_batch.loss.dc.batch_dice is True
+
+
+def test_cross_entropy_warmup_decays_linearly_to_the_final_weight(planned_dataset, monkeypatch):
+    trainer = _trainer(ours.CTOrgIOUTrainer_batchIOU_CEwarmup_demo, *planned_dataset)
+    n = trainer.ce_warmup_epochs
+    assert n == 15 and trainer.ce_weight == 0
+    assert [trainer.ce_weight_at(e) for e in (0, 5, n, n + 10)] == pytest.approx([1, 2 / 3, 0, 0])
+    trainer.loss = trainer._build_loss()
+    assert trainer.loss.loss.weight_ce == 1
+    monkeypatch.setattr(nnUNetTrainer, "on_train_epoch_start", lambda self: None)
+    for epoch, weight in ((3, 0.8), (n, 0.0)):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        assert trainer.loss.loss.weight_ce == pytest.approx(weight)
+    constant = _trainer(ours.CTOrgIOUCETrainer, *planned_dataset)
+    assert [constant.ce_weight_at(e) for e in (0, 100)] == [1, 1]
+
+
 def test_trainers_pickle_with_their_state(planned_dataset):
     trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
     clone = pickle.loads(pickle.dumps(trainer._build_loss()))
@@ -142,14 +199,23 @@ def test_nnunetv2_train_and_predict_commands_run_our_trainer_on_cpu(nnunet_env):
 
     run("nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar")
     add_cpu_demo_configuration(nnunet_env / "nnUNet_preprocessed" / raw.name / "nnUNetPlans.json")
-    out = run("nnUNetv2_train", "991", "3d_cpu_demo", "0", "-tr", "CTOrgIOUTrainer_tiny", "-device", "cpu")
-    assert "Using trainer 'CTOrgIOUTrainer_tiny'" in out
+    env.update({ours.SEED_ENVIRONMENT_VARIABLE: "3", "nnUNet_n_proc_DA": "2"})
     model = nnunet_env / "nnUNet_results" / raw.name / "CTOrgIOUTrainer_tiny__nnUNetPlans__3d_cpu_demo"
-    checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert checkpoint["trainer_name"] == "CTOrgIOUTrainer_tiny"
-    assert checkpoint["current_epoch"] == 2
+    weights = []
+    for attempt in range(2):  # the same seed twice: the same network, data-loader workers included
+        if attempt:
+            os.rename(model, model.with_name(model.name + "_first"))
+        out = run("nnUNetv2_train", "991", "3d_cpu_demo", "0", "-tr", "CTOrgIOUTrainer_tiny", "-device", "cpu")
+        assert "Using trainer 'CTOrgIOUTrainer_tiny'" in out
+        checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        assert checkpoint["trainer_name"] == "CTOrgIOUTrainer_tiny"
+        assert checkpoint["current_epoch"] == 2
+        weights.append(checkpoint["network_weights"])
     log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
     assert "augmentation on cpu" in log and "CPU augmentation" not in log  # the device pipeline ran
+    assert "seeded training (nnUNet_ctorg_seed=3)" in log
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
     pred_dir = nnunet_env / "pred"
     run("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred_dir), "-d", "991", "-c", "3d_cpu_demo",
