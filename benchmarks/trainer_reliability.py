@@ -3,7 +3,8 @@
 Each trainer is trained (``nnUNetv2_train``, fold 0) with every seed on the README demo's data
 (10 phantom CTs at 6 mm, ``3d_cpu_demo``: 64 x 48 x 48 patch, 8 base features), predicts the
 held-out phantoms with ``nnUNetv2_predict`` and is scored with nnU-Net's evaluation. A class is
-*dead* in a run when its mean Dice on the held-out phantoms that contain it is below 0.05.
+*dead* in a run when its mean Dice on the held-out phantoms that contain it is below 0.05. The
+time is the training's wall time, from nnU-Net's training log (final validation included).
 
     python benchmarks/trainer_reliability.py -o /tmp/reliability --seeds 0 1 2
 
@@ -15,11 +16,26 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_TRAINERS = ("nnUNetTrainer_CTOrgDemo", "CTOrgIOUTrainer_plainIOU_demo", "CTOrgIOUCETrainer_demo",
                     "CTOrgIOUTrainer_batchIOU_demo", "CTOrgIOUTrainer_batchIOU_CEwarmup_demo")
+
+
+def training_seconds(fold_dir: Path) -> float:
+    """Wall time of the training, from the first to the last time stamp of nnU-Net's training log."""
+    from datetime import datetime
+
+    stamps = []
+    for log in sorted(fold_dir.glob("training_log_*.txt")):
+        for line in log.read_text().splitlines():
+            try:
+                stamps.append(datetime.strptime(line[:26], "%Y-%m-%d %H:%M:%S.%f"))
+            except ValueError:
+                continue
+    if not stamps:
+        raise RuntimeError(f"no time stamps in the training logs of {fold_dir}")
+    return (max(stamps) - min(stamps)).total_seconds()
 
 
 def run_one(work: Path, raw: Path, trainer: str, seed: int, device: str) -> dict:
@@ -36,10 +52,9 @@ def run_one(work: Path, raw: Path, trainer: str, seed: int, device: str) -> dict
     env["nnUNet_results"] = str(work / f"results_seed{seed}")
     env[SEED_ENVIRONMENT_VARIABLE] = str(seed)
     name = f"{trainer}_seed{seed}"
-    t0 = time.perf_counter()
-    train_predict_evaluate(raw, trainer, device, env, work / "logs" / f"{name}.txt", work / "predictions" / name,
-                           work / "summaries" / f"{name}.json")
-    wall = time.perf_counter() - t0
+    model_dir = train_predict_evaluate(raw, trainer, device, env, work / "logs" / f"{name}.txt",
+                                       work / "predictions" / name, work / "summaries" / f"{name}.json")
+    wall = training_seconds(model_dir / "fold_0")
     rows = dice_table(json.loads((work / "summaries" / f"{name}.json").read_text()), CTORG_LABELS)
     result = {"trainer": trainer, "seed": seed, "wall_s": wall, "dice": {organ: mean for organ, mean, _, _ in rows},
               "dead": dead_organs(rows)}
@@ -53,13 +68,13 @@ def table(results: list[dict]) -> str:
     import numpy as np
 
     organs = list(dict.fromkeys(o for r in results for o in r["dice"]))
-    head = "| trainer | seed | " + " | ".join(organs) + " | mean | dead | wall (s) |"
+    head = "| trainer | seed | " + " | ".join(organs) + " | mean | dead | training (s) |"
     lines = [head, "|" + "---|" * (len(organs) + 5)]
     for r in results:
         dice = [r["dice"].get(o, float("nan")) for o in organs]
         lines.append(f"| {r['trainer']} | {r['seed']} | " + " | ".join(f"{d:.3f}" for d in dice)
                      + f" | {np.nanmean(dice):.3f} | {len(r['dead'])} | {r['wall_s']:.0f} |")
-    lines += ["", "| trainer | seeds | " + " | ".join(organs) + " | mean | dead classes (all seeds) | wall (s) |",
+    lines += ["", "| trainer | seeds | " + " | ".join(organs) + " | mean | dead classes (all seeds) | training (s) |",
               "|" + "---|" * (len(organs) + 5)]
     for trainer in dict.fromkeys(r["trainer"] for r in results):
         runs = [r for r in results if r["trainer"] == trainer]

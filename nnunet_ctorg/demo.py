@@ -175,6 +175,7 @@ def train_predict_evaluate(raw: Path, trainer: str, device: str, env: dict[str, 
           "-npp", "1", "-nps", "1", "--continue_prediction"], env, log)
 
     print("[5/5] evaluation", flush=True)
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # nnU-Net warns about labels absent from every case (brain)
         warnings.simplefilter("ignore", RuntimeWarning)
         compute_metrics_on_folder(str(raw / "labelsTs"), str(predictions), str(summary_file), SimpleITKIO(), ".nii.gz",
