@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda"], help="Default: cpu")
     parser.add_argument("-np", type=int, default=min(os.cpu_count() or 1, 2),
                         help="processes for the phantoms and preprocessing. Default: min(CPUs, 2)")
+    parser.add_argument("--table_only", action="store_true",
+                        help="train nothing: print the table of every finished run in the working folder")
     args = parser.parse_args()
     if any(s < 0 for s in args.seeds):
         sys.exit(f"trainer_reliability: error: seeds must be >= 0, got {args.seeds}")
@@ -108,6 +110,16 @@ def main() -> None:
     from nnunet_ctorg.io import write_text_atomic
 
     work = Path(args.output).resolve()
+    if args.table_only:
+        results = [json.loads(f.read_text()) for f in sorted((work / "runs").glob("*.json"))]
+        if not results:
+            sys.exit(f"trainer_reliability: error: no finished runs in {work / 'runs'}")
+        order = {t: i for i, t in enumerate(dict.fromkeys([*args.trainers, *(r["trainer"] for r in results)]))}
+        results.sort(key=lambda r: (order[r["trainer"]], r["seed"]))
+        text = table(results)
+        write_text_atomic(text + "\n", work / "reliability.md")
+        print(text)
+        return
     (work / "logs").mkdir(parents=True, exist_ok=True)
     raw = prepare_demo_dataset(work, args.num_train, args.num_test, args.np, nnunet_environment(work),
                                work / "logs" / "prepare.txt")

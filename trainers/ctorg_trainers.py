@@ -13,10 +13,12 @@ from nnunet_ctorg.training.trainers import (  # noqa: F401
     CTOrgIOUTrainer_batchIOU_demo,
     CTOrgIOUTrainer_CEwarmup_demo,
     CTOrgIOUTrainer_demo,
+    CTOrgIOUTrainer_demo3x,
     CTOrgIOUTrainer_nnUNetDA,
     CTOrgIOUTrainer_NoDA,
     CTOrgIOUTrainer_plainIOU,
     CTOrgIOUTrainer_plainIOU_demo,
     CTOrgIOUTrainer_tiny,
     nnUNetTrainer_CTOrgDemo,
+    nnUNetTrainer_CTOrgDemo3x,
 )

@@ -91,7 +91,14 @@ class CTOrgIOUTrainer(SeededTraining):
 
     - ``iou_do_bg``: average the IOU over background too (paper default ``True``);
     - ``iou_power``: the exponent m of the eq. 8 family (paper default 1);
-    - ``ce_weight``: weight of an added cross-entropy term (0 = IOU only).
+    - ``iou_over_batch``: one IOU per class over the whole batch (default), as eq. 5 sums over all
+      the voxels of an iteration; ``None`` follows the plans' ``batch_dice`` (``False`` for
+      3d_fullres: one IOU per example, where a class absent from an example earns its whole term
+      only by predicting nothing there — ``CTOrgIOUTrainer_plainIOU``);
+    - ``ce_weight``: weight of an added cross-entropy term (0 = IOU only);
+    - ``ce_warmup_epochs``: > 0 adds cross-entropy with weight 1 decaying linearly to ``ce_weight``.
+
+    ``benchmarks/trainer_reliability.py`` chose the defaults (README, "Reliability").
 
     Augmentation runs on the training device (paper 003 §IV): the data-loader workers only load
     and crop the enlarged patch, ``train_step`` warps, crops and augments the whole batch where it
@@ -105,7 +112,7 @@ class CTOrgIOUTrainer(SeededTraining):
 
     iou_do_bg: bool = True
     iou_power: float = 1.0
-    iou_over_batch: ClassVar[bool | None] = None  # None: the plans' batch_dice
+    iou_over_batch: ClassVar[bool | None] = True  # None: the plans' batch_dice
     ce_weight: float = 0.0
     ce_warmup_epochs: ClassVar[int] = 0  # > 0: CE weight decays linearly from 1 to ce_weight over these epochs
     augment_on_device: ClassVar[bool] = True
@@ -236,9 +243,14 @@ class CTOrgIOUTrainer(SeededTraining):
 
 
 class CTOrgIOUCETrainer(CTOrgIOUTrainer):
-    """IOU + cross-entropy (weights 1:1), nnU-Net's Dice+CE recipe with IOU for Dice; for comparison."""
+    """IOU + cross-entropy (weights 1:1), nnU-Net's Dice+CE recipe with IOU for Dice; for comparison.
 
+    As nnU-Net's Dice, the IOU is per example or over the batch as the plans' ``batch_dice`` says.
+    """
+
+    iou_over_batch = None
     ce_weight = 1.0
+    ce_warmup_epochs = 0
 
 
 class CTOrgIOUTrainer_nnUNetDA(CTOrgIOUTrainer):
@@ -289,13 +301,17 @@ class DemoBudget(SeededTraining):
 
     45 epochs x 16 iterations (720), 2 validation iterations per epoch, and no mirroring
     test-time augmentation at inference (8x fewer network passes in the final validation and in
-    ``nnUNetv2_predict``); training still mirrors. Put it first among the bases.
+    ``nnUNetv2_predict``); training still mirrors. Put it first among the bases. ``budget_factor``
+    multiplies the epochs (``benchmarks/trainer_reliability.py`` uses it to show what longer
+    training gives).
     """
+
+    budget_factor: ClassVar[int] = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 45
+        self.num_epochs = 45 * self.budget_factor
         self.num_iterations_per_epoch = 16
         self.num_val_iterations_per_epoch = 2
 
@@ -312,6 +328,13 @@ class CTOrgIOUTrainer_demo(DemoBudget, CTOrgIOUTrainer):
     augmentation_start_epoch = 15
 
 
+class CTOrgIOUTrainer_demo3x(CTOrgIOUTrainer_demo):
+    """``CTOrgIOUTrainer_demo`` with three times the epochs (135 x 16 iterations), augmentation from epoch 45."""
+
+    budget_factor = 3
+    augmentation_start_epoch = 45
+
+
 class CTOrgIOUTrainer_plainIOU(CTOrgIOUTrainer):
     """The paper's loss alone: IOU per example (the plans' ``batch_dice``), no cross-entropy."""
 
@@ -323,6 +346,12 @@ class CTOrgIOUTrainer_plainIOU(CTOrgIOUTrainer):
 class nnUNetTrainer_CTOrgDemo(DemoBudget):
     """nnU-Net's own trainer (Dice + CE, CPU augmentation) at the demo's budget: the reference of
     ``benchmarks/trainer_reliability.py``."""
+
+
+class nnUNetTrainer_CTOrgDemo3x(nnUNetTrainer_CTOrgDemo):
+    """``nnUNetTrainer_CTOrgDemo`` with three times the epochs (135 x 16 iterations)."""
+
+    budget_factor = 3
 
 
 class CTOrgIOUTrainer_plainIOU_demo(DemoBudget, CTOrgIOUTrainer_plainIOU):
