@@ -23,11 +23,13 @@ DEFAULT_TRAINERS = ("nnUNetTrainer_CTOrgDemo", "CTOrgIOUTrainer_plainIOU_demo", 
 
 
 def training_seconds(fold_dir: Path) -> float:
-    """Wall time of the training, from the first to the last time stamp of nnU-Net's training log."""
+    """Wall time of the training, from the first to the last time stamp of nnU-Net's newest training log
+    (an interrupted attempt leaves an older log beside it)."""
     from datetime import datetime
 
     stamps = []
-    for log in sorted(fold_dir.glob("training_log_*.txt")):
+    logs = sorted(fold_dir.glob("training_log_*.txt"), key=lambda f: f.stat().st_mtime)
+    for log in logs[-1:]:
         for line in log.read_text().splitlines():
             try:
                 stamps.append(datetime.strptime(line[:26], "%Y-%m-%d %H:%M:%S.%f"))

@@ -122,6 +122,15 @@ def dead_organs(rows: list[tuple[str, float, float, int]], threshold: float = DE
     return [name for name, mean, _, _ in rows if mean < threshold]
 
 
+def trained_seed(fold_dir: Path) -> int | None:
+    """The ``nnUNet_ctorg_seed`` a finished training ran with, read from its newest training log."""
+    import re
+
+    logs = sorted(fold_dir.glob("training_log_*.txt"), key=lambda f: f.stat().st_mtime)
+    found = re.search(r"seeded training \(nnUNet_ctorg_seed=(\d+)\)", logs[-1].read_text()) if logs else None
+    return int(found.group(1)) if found else None
+
+
 def prepare_demo_dataset(work_dir: Path, n_train: int, n_test: int, num_processes: int, env: dict[str, str],
                          log: Path) -> Path:
     """Steps 1-2: phantoms, conversion, nnU-Net planning and preprocessing. Returns the raw dataset folder."""
@@ -201,15 +210,19 @@ def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_process
     model_dir = train_predict_evaluate(raw, DEMO_TRAINER, device, env, log, predictions, summary_file)
 
     rows = dice_table(json.loads(summary_file.read_text()), CTORG_LABELS)
-    seeded = "unseeded" if seed is None else f"seed {seed}"
+    trained = trained_seed(model_dir / "fold_0")
+    if trained != seed:
+        print(f"note: the model in {model_dir} was trained earlier "
+              f"({'unseeded' if trained is None else f'seed {trained}'}); delete it to train with this --seed")
+    seeded = "unseeded" if trained is None else f"seed {trained}"
     print(f"\nDice on {n_test} held-out phantom(s) ({DEMO_TRAINER}, {DEMO_CONFIGURATION}, {seeded}):")
     print(f"  {'organ':<10} {'Dice':>6}   sd")
     for name, mean, sd, _ in rows:
         print(f"  {name:<10} {mean:6.3f} {sd:5.3f}")
     for name in dead_organs(rows):
-        print(f"warning: {name} was not learned (Dice < {DEAD_ORGAN_DICE} on every held-out phantom that has it); "
-              "the demo's 720 iterations were too few for it this time. Train longer (see the README's trainer "
-              "reliability table) rather than trusting this model for it.")
+        print(f"warning: {name} was not learned (mean Dice < {DEAD_ORGAN_DICE} on the held-out phantoms that have "
+              f"it): the demo's 720 iterations are too few for it. Do not use this model for {name}; train longer "
+              "(README, 'Reliability of the trainers').")
     print(f"\nDone in {time.time() - t0:.0f} s. Outputs in {work_dir}:")
     for what, where in (("predictions", predictions), ("model", model_dir), ("metrics", summary_file), ("log", log)):
         print(f"  {what + ':':<13}{where}")

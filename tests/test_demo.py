@@ -72,3 +72,17 @@ def test_cpu_demo_configuration_can_inherit_an_added_configuration(tmp_path):
     assert small["patch_size"] == [64, 64, 64]  # from 3d_3mm's 96^3 through the inheritance chain
     with pytest.raises(ValueError, match="3d_missing"):
         add_cpu_demo_configuration(path, parent="3d_missing")
+
+
+def test_trained_seed_is_read_from_the_newest_training_log(tmp_path):
+    import os
+
+    from nnunet_ctorg.demo import trained_seed
+
+    assert trained_seed(tmp_path) is None
+    old = tmp_path / "training_log_2026_1_1_00_00_00.txt"
+    old.write_text("2026-01-01 00:00:00.000000: seeded training (nnUNet_ctorg_seed=4): loaders in this process\n")
+    os.utime(old, (1, 1))
+    assert trained_seed(tmp_path) == 4
+    (tmp_path / "training_log_2026_1_2_00_00_00.txt").write_text("2026-01-02 00:00:00.000000: Epoch 0\n")
+    assert trained_seed(tmp_path) is None  # the newest run was not seeded

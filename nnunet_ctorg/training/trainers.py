@@ -50,10 +50,12 @@ class SeededTraining(nnUNetTrainer):
 
     Seeds Python's, NumPy's and torch's generators before the network is built, and replaces
     nnU-Net's data-loader workers (unseeded, batches taken in whichever order they finish) by
-    one seeded worker per loader, whose batches arrive in a fixed order. With
-    ``nnUNet_n_proc_DA=0`` the loaders run in the main process and the global seed covers them.
-    On a CPU a seeded run repeats exactly; CUDA kernels may still differ in the last bits.
-    Unset, training is nnU-Net's, unseeded.
+    one seeded worker per loader, whose batches arrive in a fixed order; ``CTOrgIOUTrainer`` seeds
+    its device augmentation too. With ``nnUNet_n_proc_DA=0`` the loaders run in the main process and
+    the global seed covers them. DDP ranks share the network seed and get their own data seeds. On a
+    CPU a seeded run repeats exactly; CUDA kernels may still differ in the last bits. A run continued
+    with ``--c`` is reseeded, so it does not repeat an uninterrupted one. Unset, training is nnU-Net's,
+    unseeded.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -61,22 +63,31 @@ class SeededTraining(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.training_seed = seed_from_environment()
         if self.training_seed is not None:
-            random.seed(self.training_seed)
-            np.random.seed(self.training_seed)
+            # the same network on every DDP rank (DDP broadcasts rank 0's anyway), other batches per rank
             torch.manual_seed(self.training_seed)
+            rank_seed = self._rank_seed(0)
+            random.seed(rank_seed)
+            np.random.seed(rank_seed)
+
+    def _rank_seed(self, stream: int) -> int:
+        """A 32-bit seed for random stream ``stream`` of this DDP rank, derived from the training seed."""
+        return int(np.random.SeedSequence([self.training_seed, self.local_rank, stream]).generate_state(1)[0])
 
     def get_dataloaders(self):
         train, val = super().get_dataloaders()
-        if self.training_seed is None or not isinstance(train, NonDetMultiThreadedAugmenter):
+        if self.training_seed is None:
             return train, val
+        replace = isinstance(train, NonDetMultiThreadedAugmenter)
         self.print_to_log_file(f"seeded training ({SEED_ENVIRONMENT_VARIABLE}={self.training_seed}): "
-                               "one seeded data-loader worker per loader")
+                               + ("one seeded data-loader worker per loader" if replace else "loaders in this process"))
+        if not replace:
+            return train, val
         seeded = []
         for offset, loader in enumerate((train, val)):
             loader._finish()
             seeded.append(NonDetMultiThreadedAugmenter(
                 data_loader=loader.generator, transform=None, num_processes=1, num_cached=6,
-                seeds=[(self.training_seed + offset) % 2**32], pin_memory=self.device.type == "cuda",
+                seeds=[self._rank_seed(1 + offset)], pin_memory=self.device.type == "cuda",
                 wait_time=0.002))
             _ = next(seeded[-1])
         return tuple(seeded)
@@ -135,13 +146,14 @@ class CTOrgIOUTrainer(SeededTraining):
                 use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
         statistics = ct_channel_statistics(self.configuration_manager.normalization_schemes,
                                            self.plans_manager.foreground_intensity_properties_per_channel)
+        seeds = (None, None) if self.training_seed is None else (self._rank_seed(3), self._rank_seed(4))
         self.device_augmentation, self.device_crop = (build_device_augmentation(
             parameters, patch_size, statistics, rotation=self._max_rotation(rotation_for_DA),
             in_plane_only=bool(do_dummy_2d_data_aug), mirror_axes=mirror_axes,
             cranio_caudal_axis=list(self.plans_manager.transpose_forward).index(0),
             deep_supervision_scales=deep_supervision_scales, regions=regions, ignore_label=ignore_label,
-            spacing=self.configuration_manager.spacing)
-            for parameters in (self.augmentation_parameters, AugmentationParameters.disabled()))
+            spacing=self.configuration_manager.spacing, seed=seed)
+            for parameters, seed in zip((self.augmentation_parameters, AugmentationParameters.disabled()), seeds))
         self.print_to_log_file(f"augmentation on {self.device}: {self.augmentation_parameters}")
         return None
 

@@ -146,13 +146,84 @@ def test_seeded_trainer_seeds_every_generator_before_the_network_is_built(planne
     assert _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset).training_seed is None
 
 
+def test_seeded_trainer_seeds_its_device_augmentation(planned_dataset, monkeypatch):
+    from nnunet_ctorg.augmentation.pipeline import pack_parameters
+
+    def draws(seed):
+        if seed is None:
+            monkeypatch.delenv(ours.SEED_ENVIRONMENT_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, seed)
+        trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+        _, crop = _training_transforms(trainer)
+        return [pack_parameters(trainer.device_augmentation.draw_parameters((4, 1, *crop)))[0] for _ in range(3)]
+
+    first, again, other, unseeded = draws("5"), draws("5"), draws("6"), draws(None)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not any(torch.equal(a, b) for a, b in zip(first, other))
+    assert not any(torch.equal(a, b) for a, b in zip(first, unseeded))
+
+
+class _RandomLoader:
+    """Stand-in data loader: each batch is a draw of the process's global NumPy generator."""
+
+    def __init__(self):
+        self.thread_id = 0
+
+    def set_thread_id(self, thread_id):
+        self.thread_id = thread_id
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return {"data": np.random.uniform(size=4)}
+
+
+def test_seeded_trainer_replaces_nnunets_loaders_by_one_seeded_worker_each(planned_dataset, monkeypatch):
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+
+    started = []
+
+    def nnunets_loaders(self):  # nnU-Net's: two unseeded workers, batches in the order they finish
+        started.extend(NonDetMultiThreadedAugmenter(_RandomLoader(), None, 2, seeds=None) for _ in range(2))
+        for g in started[-2:]:
+            next(g)  # nnU-Net starts its workers before returning them
+        return tuple(started[-2:])
+
+    monkeypatch.setattr(nnUNetTrainer, "get_dataloaders", nnunets_loaders)
+    streams = []
+    for seed in ("5", "5", "6"):
+        monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, seed)
+        trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+        train, val = trainer.get_dataloaders()
+        try:
+            assert [(g.num_processes, len(g.seeds)) for g in (train, val)] == [(1, 1), (1, 1)]
+            assert train.seeds != val.seeds
+            streams.append(np.concatenate([next(train)["data"] for _ in range(4)] + [next(val)["data"]]))
+        finally:
+            train._finish()
+            val._finish()
+    assert len(started) == 6 and not any(g.initialized for g in started)  # nnU-Net's workers were shut down
+    assert np.array_equal(streams[0], streams[1]) and not np.array_equal(streams[0], streams[2])
+    monkeypatch.delenv(ours.SEED_ENVIRONMENT_VARIABLE)
+    trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+    unseeded = trainer.get_dataloaders()
+    assert unseeded == tuple(started[-2:]) and all(g.initialized for g in unseeded)  # nnU-Net's, untouched
+    for g in started:
+        g._finish()
+
+
 def test_iou_over_the_batch_and_the_plans_batch_dice(planned_dataset):
     plain = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=False)._build_loss()
     assert plain.loss.dc.batch_dice is False and plain.loss.weight_ce == 0
     plain = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=True)._build_loss()
     assert plain.loss.dc.batch_dice is True
-    over_batch = _trainer(ours.CTOrgIOUTrainer_batchIOU_demo, *planned_dataset, batch_dice=False)._build_loss()
-    assert over_batch.loss.dc.batch_dice is True
+    for cls in (ours.CTOrgIOUTrainer, ours.CTOrgIOUTrainer_demo, ours.CTOrgIOUTrainer_batchIOU_demo):
+        over_batch = _trainer(cls, *planned_dataset, batch_dice=False)._build_loss()
+        assert over_batch.loss.dc.batch_dice is True and over_batch.loss.weight_ce == 0
+    iou_ce = _trainer(ours.CTOrgIOUCETrainer, *planned_dataset, batch_dice=False)._build_loss()
+    assert iou_ce.loss.dc.batch_dice is False and iou_ce.loss.weight_ce == 1
 
 
 def test_cross_entropy_warmup_decays_linearly_to_the_final_weight(planned_dataset, monkeypatch):
