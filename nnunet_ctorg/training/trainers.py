@@ -123,6 +123,7 @@ class CTOrgIOUTrainer(SeededTraining):
 
     iou_do_bg: bool = True
     iou_power: float = 1.0
+    iou_log: ClassVar[bool] = False
     iou_over_batch: ClassVar[bool | None] = True  # None: the plans' batch_dice
     ce_weight: float = 0.0
     ce_warmup_epochs: ClassVar[int] = 0  # > 0: CE weight decays linearly from 1 to ce_weight over these epochs
@@ -238,6 +239,7 @@ class CTOrgIOUTrainer(SeededTraining):
             "smooth": 1e-5,
             "ddp": self.is_ddp,
             "power": self.iou_power,
+            "log": self.iou_log,
         }
         if self.label_manager.has_regions:
             criterion = DC_and_BCE_loss(
@@ -381,6 +383,10 @@ class CTOrgIOUTrainer_batchIOU_demo(CTOrgIOUTrainer_plainIOU_demo):
 class CTOrgIOUTrainer_batchIOU_CEwarmup_demo(CTOrgIOUTrainer_plainIOU_demo):
     iou_over_batch = True
     ce_warmup_epochs = 15
+
+
+class CTOrgIOUTrainer_batchLogIOU_demo(CTOrgIOUTrainer_batchIOU_demo):
+    iou_log = True
 
 
 class CTOrgIOUTrainer_CEwarmup_demo(CTOrgIOUTrainer_plainIOU_demo):

@@ -226,3 +226,34 @@ def test_torch_compile_matches_eager():
     lb.backward()
     assert float(lb) == pytest.approx(float(la), rel=1e-5)
     assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_log_iou_is_minus_log_of_the_per_class_iou():
+    rng = np.random.default_rng(11)
+    x = torch.softmax(torch.as_tensor(rng.normal(size=(2, 3, 6, 6, 6))), 1)
+    y = torch.as_tensor(rng.integers(0, 3, (2, 1, 6, 6, 6)))
+    for batch_dice in (False, True):
+        plain = SoftIoULoss(apply_nonlin=None, batch_dice=batch_dice, smooth=1e-5, ddp=False)
+        logged = SoftIoULoss(apply_nonlin=None, batch_dice=batch_dice, smooth=1e-5, ddp=False, log=True)
+        onehot = torch.nn.functional.one_hot(y[:, 0], 3).permute(0, 4, 1, 2, 3).double()
+        axes = (0, 2, 3, 4) if batch_dice else (2, 3, 4)
+        inter, total = (x * onehot).sum(axes), x.sum(axes) + onehot.sum(axes)
+        iou = (inter + 1e-5) / (total - inter + 1e-5)
+        assert float(logged(x, y)) == pytest.approx(float(-torch.log(iou).mean()), rel=1e-5)
+        assert float(plain(x, y)) == pytest.approx(float(1 - iou.mean()), rel=1e-5)
+
+
+def test_log_iou_keeps_the_gradient_of_a_class_the_softmax_has_suppressed():
+    # class 1 occupies a quarter of the voxels but its logit is 12 below the others everywhere:
+    # 1 - IoU hardly moves it (gradient ~ p), -log IoU pulls it back at order 1/|class|
+    y = torch.zeros((1, 1, 8, 8, 8), dtype=torch.long)
+    y[..., :2] = 1
+    logits = torch.zeros((1, 2, 8, 8, 8))
+    logits[:, 1] = -12.0
+    grads = {}
+    for log in (False, True):
+        z = logits.clone().requires_grad_(True)
+        SoftIoULoss(apply_nonlin=softmax_helper_dim1, batch_dice=True, smooth=1e-5, ddp=False, log=log)(z, y).backward()
+        grads[log] = float(-z.grad[0, 1][y[0, 0] == 1].mean())  # push of class 1's logit where it belongs
+    assert 0 < grads[False] < 1e-6
+    assert grads[True] > 1e3 * grads[False] and grads[True] > 1e-3

@@ -30,6 +30,9 @@ class SoftIoULoss(nn.Module):
         smooth: Added to numerator and denominator; makes empty-vs-empty an IOU of 1.
         ddp: All-gather the sums across workers when ``batch_dice`` is set.
         power: The exponent m of the eq. 8 family; p is replaced by p**m. Must be > 0.
+        log: Average ``-log(IoU)`` over the classes instead of ``1 - IoU``: the same optimum, but a
+            class whose probabilities the softmax has pushed to 0 keeps a gradient of order
+            1/|class| per voxel (with ``1 - IoU`` it vanishes with p, and the class never returns).
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class SoftIoULoss(nn.Module):
         smooth: float = 1.0,
         ddp: bool = True,
         power: float = 1.0,
+        log: bool = False,
     ) -> None:
         super().__init__()
         if not power > 0:
@@ -52,6 +56,7 @@ class SoftIoULoss(nn.Module):
         self.smooth = float(smooth)
         self.ddp = ddp
         self.power = float(power)
+        self.log = bool(log)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return the loss for output ``x`` (b, c, ...) and target ``y``.
@@ -98,4 +103,6 @@ class SoftIoULoss(nn.Module):
 
         union = sum_pred + sum_gt - intersect
         iou = (intersect + self.smooth) / (union + self.smooth).clamp_min(1e-8)
+        if self.log:
+            return -torch.log(iou.clamp_min(1e-8)).mean()
         return 1 - iou.mean()
