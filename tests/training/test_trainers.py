@@ -23,7 +23,7 @@ TRAINER_NAMES = ["CTOrgIOUTrainer", "CTOrgIOUCETrainer", "CTOrgIOUTrainer_5epoch
                  "CTOrgIOUTrainer_demo", "CTOrgIOUTrainer_nnUNetDA", "CTOrgIOUTrainer_NoDA",
                  "CTOrgIOUTrainer_plainIOU", "CTOrgIOUTrainer_plainIOU_demo", "CTOrgIOUCETrainer_demo",
                  "CTOrgIOUTrainer_batchIOU_demo", "CTOrgIOUTrainer_batchIOU_CEwarmup_demo",
-                 "CTOrgIOUTrainer_CEwarmup_demo", "nnUNetTrainer_CTOrgDemo", "CTOrgIOUTrainer_demo3x",
+                 "CTOrgIOUTrainer_CEwarmup_demo", "CTOrgIOUTrainer_batchLogIOU_demo", "nnUNetTrainer_CTOrgDemo", "CTOrgIOUTrainer_demo3x",
                  "nnUNetTrainer_CTOrgDemo3x"]
 
 
@@ -105,6 +105,9 @@ def test_iou_trainer_loss_is_iou_with_nnunets_deep_supervision_weights(planned_d
     assert np.allclose(loss.weight_factors, w / w.sum())
     assert isinstance(loss.loss.dc, SoftIoULoss) and loss.loss.weight_ce == 0
     assert loss.loss.dc.do_bg is True and loss.loss.dc.power == 1.0
+    assert loss.loss.dc.log is True and loss.loss.dc.batch_dice is True
+    paper = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset)._build_loss()
+    assert paper.loss.dc.log is False
 
     rng = np.random.default_rng(0)
     shapes = [(2, 7, 8 // 2**i or 1, 8 // 2**i or 1, 8 // 2**i or 1) for i in range(n)]
@@ -223,7 +226,7 @@ def test_iou_over_the_batch_and_the_plans_batch_dice(planned_dataset):
         over_batch = _trainer(cls, *planned_dataset, batch_dice=False)._build_loss()
         assert over_batch.loss.dc.batch_dice is True and over_batch.loss.weight_ce == 0
     iou_ce = _trainer(ours.CTOrgIOUCETrainer, *planned_dataset, batch_dice=False)._build_loss()
-    assert iou_ce.loss.dc.batch_dice is False and iou_ce.loss.weight_ce == 1
+    assert iou_ce.loss.dc.batch_dice is False and iou_ce.loss.weight_ce == 1 and iou_ce.loss.dc.log is False
 
 
 def test_cross_entropy_warmup_decays_linearly_to_the_final_weight(planned_dataset, monkeypatch):
