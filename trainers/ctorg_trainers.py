@@ -12,7 +12,6 @@ from nnunet_ctorg.training.trainers import (  # noqa: F401
     CTOrgIOUTrainer_batchIOU_CEwarmup_demo,
     CTOrgIOUTrainer_batchIOU_demo,
     CTOrgIOUTrainer_batchLogIOU_demo,
-    CTOrgIOUTrainer_CEwarmup_demo,
     CTOrgIOUTrainer_demo,
     CTOrgIOUTrainer_demo3x,
     CTOrgIOUTrainer_nnUNetDA,

@@ -374,25 +374,31 @@ class nnUNetTrainer_CTOrgDemo3x(nnUNetTrainer_CTOrgDemo):
 
 
 class CTOrgIOUTrainer_plainIOU_demo(DemoBudget, CTOrgIOUTrainer_plainIOU):
+    """The paper's ``1 - IoU`` per example at the demo's budget (benchmark candidate)."""
+
     augmentation_start_epoch = 15
 
 
 class CTOrgIOUCETrainer_demo(DemoBudget, CTOrgIOUCETrainer):
+    """IOU + CE at the demo's budget (benchmark candidate)."""
+
     augmentation_start_epoch = 15
 
 
 class CTOrgIOUTrainer_batchIOU_demo(CTOrgIOUTrainer_plainIOU_demo):
+    """``1 - IoU`` over the batch (benchmark candidate)."""
+
     iou_over_batch = True
 
 
 class CTOrgIOUTrainer_batchIOU_CEwarmup_demo(CTOrgIOUTrainer_plainIOU_demo):
+    """``1 - IoU`` over the batch + CE decaying from 1 to 0 over 15 epochs (benchmark candidate)."""
+
     iou_over_batch = True
     ce_warmup_epochs = 15
 
 
 class CTOrgIOUTrainer_batchLogIOU_demo(CTOrgIOUTrainer_batchIOU_demo):
+    """``-log IoU`` over the batch (benchmark candidate, chosen: the configuration of ``CTOrgIOUTrainer_demo``)."""
+
     iou_log = True
-
-
-class CTOrgIOUTrainer_CEwarmup_demo(CTOrgIOUTrainer_plainIOU_demo):
-    ce_warmup_epochs = 15

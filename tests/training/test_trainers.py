@@ -23,7 +23,7 @@ TRAINER_NAMES = ["CTOrgIOUTrainer", "CTOrgIOUCETrainer", "CTOrgIOUTrainer_5epoch
                  "CTOrgIOUTrainer_demo", "CTOrgIOUTrainer_nnUNetDA", "CTOrgIOUTrainer_NoDA",
                  "CTOrgIOUTrainer_plainIOU", "CTOrgIOUTrainer_plainIOU_demo", "CTOrgIOUCETrainer_demo",
                  "CTOrgIOUTrainer_batchIOU_demo", "CTOrgIOUTrainer_batchIOU_CEwarmup_demo",
-                 "CTOrgIOUTrainer_CEwarmup_demo", "CTOrgIOUTrainer_batchLogIOU_demo", "nnUNetTrainer_CTOrgDemo",
+                 "CTOrgIOUTrainer_batchLogIOU_demo", "nnUNetTrainer_CTOrgDemo",
                  "CTOrgIOUTrainer_demo3x", "nnUNetTrainer_CTOrgDemo3x"]
 
 
