@@ -187,7 +187,7 @@ def main() -> None:
                     summary = out / "summary.json"
                     compute_metrics_on_folder(str(raw / "labelsTs"), str(out), str(summary), SimpleITKIO(),
                                               ".nii.gz", [v for v in CTORG_LABELS.values() if v], num_processes=1)
-                    entry["dice"] = {n: m for n, m, _ in dice_table(json.loads(summary.read_text()), CTORG_LABELS)}
+                    entry["dice"] = {n: m for n, m, *_ in dice_table(json.loads(summary.read_text()), CTORG_LABELS)}
                 elif name == "example_ct_sm":
                     names = json.loads((REAL_CT / "example_seg_labels.json").read_text())
                     entry["dice"] = real_ct_dice(out / "example_ct_sm.nii.gz", REAL_CT / "example_seg.nii.gz", names)
