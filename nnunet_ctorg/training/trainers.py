@@ -104,7 +104,7 @@ class CTOrgIOUTrainer(SeededTraining):
     - ``iou_power``: the exponent m of the eq. 8 family (paper default 1);
     - ``iou_log``: minimise the class mean of ``-log IoU`` (default) instead of the paper's ``1 - IoU``:
       the same optimum, but a class the softmax has pushed to zero keeps a gradient and comes back
-      (with ``1 - IoU`` it died in 2 of 3 seeded runs of the benchmark, lungs in one);
+      (with ``1 - IoU`` the benchmark lost the lungs in 1 of 3 seeds and the kidneys in 2 of 3);
     - ``iou_over_batch``: one IOU per class over the whole batch (default), as eq. 5 sums over all
       the voxels of an iteration; ``None`` follows the plans' ``batch_dice`` (``False`` for
       3d_fullres: one IOU per example, where a class absent from an example earns its whole term
