@@ -1,33 +1,36 @@
-"""Cranio-caudal chunked prediction on top of ``nnUNetPredictor``: peak RAM bounded by the chunk, not the scan.
+"""Cranio-caudal chunked prediction on top of ``nnUNetPredictor`` that gives nnU-Net's own labels.
 
-For each case the CT is cut into overlapping chunks along its cranio-caudal axis (in mm), each
-optionally cropped to the body contour in-plane. Every chunk goes through nnU-Net's own
-preprocessing (``run_case_npy``), sliding window with TTA over all loaded folds
-(``predict_logits_from_preprocessed_data``) and export to the chunk's grid
-(``convert_predicted_logits_to_segmentation_with_correct_shape``); the class probabilities of
-neighbouring chunks are blended across the overlap (:mod:`nnunet_ctorg.inference.chunks`). No
-float array of the whole scan is ever allocated: the CT is kept in its stored integer type and the
-labels as uint8.
+A CT is processed in chunks along its cranio-caudal axis, and every step is the whole-scan step of
+``nnUNetv2_predict`` restricted to the chunk:
+
+- nnU-Net's crop to non-zero voxels uses the bounding box of the whole scan (a cheap pre-pass);
+- normalisation is nnU-Net's normalizer class (pointwise for CT models);
+- resampling to the network's spacing and back is nnU-Net's ``resample_data_or_seg_to_shape`` at the
+  whole scan's sample positions, computed from slabs with margins (:mod:`.slab_resampling`);
+- the sliding window is nnU-Net's tile grid of the *whole* scan, run in chunks of tile rows whose
+  half-precision sums are carried across chunks (:mod:`.tile_chunks`), with nnU-Net's network call,
+  mirroring, Gaussian and fold averaging;
+- an original slice is exported (argmax of the resampled logits) once the network slices it reads are
+  complete, straight into the uint8 label volume.
+
+No float array of the whole scan exists. Where the whole-scan run cannot be reproduced the predictor
+refuses with a clear message (region-based models, cascades, image-dependent normalisation,
+resampling functions other than nnU-Net's default).
 """
 
 import os
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_box, body_contour, image_axes
-from nnunet_ctorg.inference.chunks import ChunkStitcher, chunk_layout
+from nnunet_ctorg.inference.body_crop import BodyCropSettings, image_axes
+from nnunet_ctorg.inference.slab_resampling import SlabResampler, resampling_kind
+from nnunet_ctorg.inference.tile_chunks import axis_range, complete_until, row_groups, shift_slicer, tile_rows
 
-# RAM per voxel of a chunk (input copies in nnU-Net's preprocessing, one resampled class channel with
-# its float64 temporary, the running maximum and its class) and per voxel and class of an overlap
-# (logits of the head and tail, the blend), from nnU-Net 2.8.1 on the CPU
-# (benchmarks/chunked_inference.py). Used to choose the chunk length from --max_ram_gb.
-BYTES_PER_CHUNK_VOXEL = 32.0
-BYTES_PER_OVERLAP_VOXEL_PER_CLASS = 12.0
+# normalisations that map each voxel on its own, monotonically (so a slab is normalised as the whole scan)
+POINTWISE_NORMALIZATIONS = ("CTNormalization", "NoNormalization")
 
 
 def current_rss_gb() -> float:
@@ -49,53 +52,70 @@ def peak_rss_gb() -> float:
 
 @dataclass
 class ChunkSettings:
-    """Chunk length and overlap in mm.
+    """Chunk length along the cranio-caudal axis, in mm of the network grid, rounded to whole tile rows.
 
-    ``chunk_mm="auto"``: 300 mm but at least the network's patch plus the overlap; ``None``: from
-    ``max_ram_gb``, or the whole scan when that is ``None`` too. Chunks are at least three overlaps long.
+    ``chunk_mm="auto"``: 300 mm, or what ``max_ram_gb`` allows if that is less; ``None``: from
+    ``max_ram_gb``, or the whole scan when that is ``None`` too. The labels do not depend on the chunk
+    length; RAM and the pre-/post-processing overhead do.
     """
 
     chunk_mm: float | str | None = "auto"
-    overlap_mm: float = 50.0
     max_ram_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_mm not in (None, "auto") and not (isinstance(self.chunk_mm, (int, float)) and self.chunk_mm > 0):
             raise ValueError(f"chunk_mm must be > 0, 'auto' or None, got {self.chunk_mm!r}")
-        if self.overlap_mm < 0:
-            raise ValueError(f"overlap_mm must be >= 0, got {self.overlap_mm}")
         if self.max_ram_gb is not None and self.max_ram_gb <= 0:
             raise ValueError(f"max_ram_gb must be > 0, got {self.max_ram_gb}")
-        if isinstance(self.chunk_mm, (int, float)) and self.overlap_mm >= self.chunk_mm:
-            raise ValueError(f"overlap_mm ({self.overlap_mm:g}) must be smaller than chunk_mm ({self.chunk_mm:g})")
 
 
-def chunk_slices_for_budget(max_ram_gb: float, base_gb: float, slice_voxels: int, n_classes: int,
-                            overlap_slices: int, volume_bytes: int) -> int:
-    """Largest chunk length (slices) whose estimated peak stays within ``max_ram_gb``.
+@dataclass
+class ScanStatistics:
+    """What the whole scan contributes to nnU-Net's per-case preprocessing, gathered slab by slab.
 
-    ``base_gb`` is what the process holds before the case (model, libraries); ``volume_bytes`` the CT
-    and label volume of the case. Raises ``ValueError`` when not even a chunk of three overlaps fits.
+    ``bbox``: nnU-Net's crop to non-zero voxels, per array axis; ``low``/``high``: per array axis, the
+    minimum/maximum of every index (``low[a][i]`` = min over the slice ``i`` across axis ``a``).
     """
-    per_slice = slice_voxels * BYTES_PER_CHUNK_VOXEL
-    overlaps = 2 * overlap_slices * slice_voxels * n_classes * BYTES_PER_OVERLAP_VOXEL_PER_CLASS
-    free = max_ram_gb * 1024**3 - base_gb * 1024**3 - volume_bytes - overlaps
-    slices = int(free // per_slice)
-    needed = max(3 * overlap_slices, 8)
-    if slices < needed:  # below three overlaps the layout cannot blend
-        need_gb = (base_gb * 1024**3 + volume_bytes + overlaps + needed * per_slice) / 1024**3
-        raise ValueError(f"--max_ram_gb {max_ram_gb:g} is too small for this scan: about {need_gb:.1f} GB are needed "
-                         f"for chunks of {needed} slices (the model alone holds {base_gb:.1f} GB)")
-    return slices
+
+    bbox: list[tuple[int, int]]
+    low: list[np.ndarray]
+    high: list[np.ndarray]
+
+
+def scan_statistics(hu: np.ndarray, axis: int, slab: int = 16) -> ScanStatistics:
+    """:class:`ScanStatistics` of a 3-D array, reading ``slab`` slices along ``axis`` at a time."""
+    n = hu.shape[axis]
+    low = [np.full(s, np.inf) for s in hu.shape]
+    high = [np.full(s, -np.inf) for s in hu.shape]
+    nonzero = [np.zeros(s, bool) for s in hu.shape]
+    for start in range(0, n, slab):
+        index = [slice(None)] * 3
+        index[axis] = slice(start, min(start + slab, n))
+        block = np.asarray(hu[tuple(index)])
+        nz = block != 0
+        for a in range(3):
+            other = tuple(b for b in range(3) if b != a)
+            lo, hi, any_nz = block.min(axis=other), block.max(axis=other), nz.any(axis=other)
+            if a == axis:
+                low[a][index[axis]], high[a][index[axis]], nonzero[a][index[axis]] = lo, hi, any_nz
+            else:
+                np.minimum(low[a], lo, out=low[a])
+                np.maximum(high[a], hi, out=high[a])
+                nonzero[a] |= any_nz
+    bbox = []
+    for a in range(3):
+        hit = np.flatnonzero(nonzero[a])
+        bbox.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, hu.shape[a]))
+    return ScanStatistics(bbox, low, high)
 
 
 class ChunkedPredictor:
-    """Chunked, body-cropped prediction with an initialised ``nnUNetPredictor``.
+    """Chunked, optionally body-cropped prediction with an initialised ``nnUNetPredictor``.
 
     Args:
         predictor: ``nnUNetPredictor`` after ``initialize_from_trained_model_folder``.
-        chunks: chunk length/overlap/RAM budget.
-        body_crop: crop each chunk in-plane to the body contour (``None``: no crop).
+        chunks: chunk length / RAM budget.
+        body_crop: crop the scan in-plane to the body before predicting (``None``: no crop).
     """
 
     def __init__(self, predictor, chunks: ChunkSettings = ChunkSettings(),
@@ -103,59 +123,289 @@ class ChunkedPredictor:
         self.predictor = predictor
         self.chunks = chunks
         self.body_crop = body_crop
+        cm = predictor.configuration_manager
         self.n_classes = len(predictor.label_manager.all_labels)
         if predictor.label_manager.has_regions:
-            raise ValueError("region-based models are not supported by the chunked predictor")
-        self.preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-        self.base_gb = current_rss_gb()
+            raise ValueError("region-based models are not supported by the chunked predictor; use nnUNetv2_predict")
+        if cm.previous_stage_name is not None:
+            raise ValueError(f"this configuration is a cascade stage (previous stage "
+                             f"{cm.previous_stage_name!r}); the chunked predictor runs single-stage models only")
+        unsupported = [n for n in cm.normalization_schemes if n not in POINTWISE_NORMALIZATIONS]
+        if unsupported:
+            raise ValueError(f"the model normalises with {unsupported[0]}, which depends on the whole image; the "
+                             f"chunked predictor supports {', '.join(POINTWISE_NORMALIZATIONS)}")
+        if len(cm.normalization_schemes) != 1:
+            raise ValueError(f"the model takes {len(cm.normalization_schemes)} input channels; the chunked "
+                             f"predictor takes single-channel CT models")
+        self.data_resampling = resampling_kind(cm.configuration, "data")
+        self.export_resampling = resampling_kind(cm.configuration, "probabilities")
+        self.preprocessor = cm.preprocessor_class(verbose=False)
+        predictor.network.to(predictor.device)
+        self.base_gb = current_rss_gb()  # with the model on its device
 
-    def patch_mm(self, axial: int) -> float:
-        """Extent in mm of the network's patch along array axis ``axial`` (after the plans' transpose)."""
-        cm = self.predictor.configuration_manager
-        k = list(self.predictor.plans_manager.transpose_forward).index(axial)
-        if len(cm.patch_size) == 2:  # 2-D models see one slice
-            return 0.0 if k == 0 else float("inf")
-        return float(cm.patch_size[k] * cm.spacing[k])
+    # --- geometry of one case ------------------------------------------------------------------------
 
-    def layout_for(self, image, what: str = "image") -> tuple[int, list[tuple[int, int]]]:
-        """(array axis of the chunks, chunk ranges) for a SimpleITK image.
+    def _normalize(self, block: np.ndarray) -> np.ndarray:
+        """nnU-Net's normalisation of a float32 (1, ...) block, in place."""
+        p = self.predictor
+        return self.preprocessor._normalize(block, np.zeros((1, 1, 1, 1), np.int8), p.configuration_manager,
+                                            p.plans_manager.foreground_intensity_properties_per_channel)
 
-        Default chunk: ``chunk_mm``, but at least the network's patch plus the overlap (a shorter
-        chunk is padded and the network loses context); an explicit ``chunk_mm`` or a RAM budget may
-        go below that, with a warning.
-        """
-        axial, _ = image_axes(image)
-        n = image.GetSize()[::-1][axial]
-        spacing = image.GetSpacing()[::-1][axial]
-        settings = self.chunks
-        overlap = int(np.ceil(settings.overlap_mm / spacing))
-        if settings.chunk_mm is None and settings.max_ram_gb is None:
-            return axial, [(0, n)]
-        recommended = int(np.ceil(self.patch_mm(axial) / spacing)) + overlap
-        if settings.chunk_mm is None:
-            chunk = n
-        elif settings.chunk_mm == "auto":
-            chunk = max(int(round(300.0 / spacing)), recommended)
-        else:
-            chunk = int(round(settings.chunk_mm / spacing))
-        if settings.max_ram_gb is not None:
-            chunk = min(chunk, self._budget_slices(image, axial, overlap))
-        chunk = max(chunk, 3 * overlap, 1)
-        if chunk < min(recommended, n):
-            warnings.warn(f"{what}: chunks of {chunk * spacing:.0f} mm are shorter than the network's patch plus the "
-                          f"overlap ({recommended * spacing:.0f} mm): expect less agreement with whole-image "
-                          f"prediction", stacklevel=2)
-        return axial, chunk_layout(n, min(chunk, n), overlap, min_length=min(chunk, recommended, n))
+    def _sigma(self, current, new) -> np.ndarray | None:
+        from nnunet_ctorg.planning.antialiasing import ANTIALIASING_KEY, DEFAULT_SIGMA_FACTOR, antialiasing_sigma
 
-    def _budget_slices(self, image, axial: int, overlap: int) -> int:
-        shape = image.GetSize()[::-1]
-        slice_voxels = int(np.prod(shape)) // shape[axial]
-        volume_bytes = int(np.prod(shape)) * (image.GetSizeOfPixelComponent() + 1)
-        return chunk_slices_for_budget(self.chunks.max_ram_gb, self.base_gb, slice_voxels, self.n_classes, overlap,
-                                       volume_bytes)
+        settings = self.predictor.configuration_manager.configuration.get(ANTIALIASING_KEY)
+        if not settings:
+            return None
+        return antialiasing_sigma(current, new, float(settings.get("sigma_factor", DEFAULT_SIGMA_FACTOR)))
 
-    def chunk_logits(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> Iterator[np.ndarray]:
-        """Class logits of one (z, y, x) block on its own grid, one class at a time, through nnU-Net's pipeline.
+    def predict_image(self, image, progress: bool = False, what: str = "image") -> np.ndarray:
+        """Labels (array order of ``sitk.GetArrayFromImage``) of a SimpleITK CT image."""
+        import SimpleITK as sitk
+
+        axial, ap = image_axes(image)
+        hu = sitk.GetArrayViewFromImage(image)
+        spacing = image.GetSpacing()[::-1]
+        labels = np.zeros(hu.shape, dtype=np.uint8 if self.n_classes <= 256 else np.uint16)
+        box = tuple(slice(None) for _ in range(3))
+        if self.body_crop is not None:
+            from nnunet_ctorg.inference.body_crop import body_crop_box
+
+            box = body_crop_box(hu, spacing, axial, ap, self.body_crop, self.min_box_mm(), what)
+        self.predict_array(hu[box], spacing, axial, labels[box], progress, what)
+        return labels
+
+    def min_box_mm(self) -> list[float]:
+        """The network's patch in mm per array axis (a body box is never smaller)."""
+        p = self.predictor
+        pm, cm = p.plans_manager, p.configuration_manager
+        patch = list(cm.patch_size)
+        spacing = list(cm.spacing)
+        if len(patch) == 2:
+            patch, spacing = [1, *patch], [0.0, *spacing]
+        out = [0.0] * 3
+        for d, a in enumerate(pm.transpose_forward):
+            out[a] = patch[d] * spacing[d]
+        return out
+
+    # --- the chunked whole-scan computation ----------------------------------------------------------
+
+    def predict_array(self, hu: np.ndarray, spacing, axial: int, out: np.ndarray, progress: bool = False,
+                      what: str = "image") -> None:
+        """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``."""
+        import torch
+        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+        from tqdm import tqdm
+
+        p = self.predictor
+        pm, cm = p.plans_manager, p.configuration_manager
+        tf, tb = list(pm.transpose_forward), list(pm.transpose_backward)
+        k = tf.index(axial)
+        spacing_t = [float(spacing[i]) for i in tf]
+        target = list(cm.spacing) if len(cm.spacing) == 3 else [spacing_t[0], *cm.spacing]
+
+        stats = scan_statistics(hu, axial)
+        bbox_t = [stats.bbox[i] for i in tf]
+        crop_t = [b - a for a, b in bbox_t]
+        net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
+        data_rs = SlabResampler(crop_t, net, spacing_t, target, k, self.data_resampling, self._sigma(spacing_t, target))
+        export_rs = SlabResampler(net, crop_t, target, spacing_t, k, self.export_resampling)
+        clip = self._clip_ranges(stats, bbox_t, tf, data_rs)
+
+        # nnU-Net pads the network-grid image to at least the patch (centred, with 0)
+        patch = list(cm.patch_size)
+        first_padded = 3 - len(patch)
+        padded, pad_below = list(net), [0, 0, 0]
+        for d in range(first_padded, 3):
+            if net[d] < patch[d - first_padded]:
+                padded[d] = patch[d - first_padded]
+                pad_below[d] = (padded[d] - net[d]) // 2
+        slicers = p._internal_get_sliding_window_slicers(padded)
+        starts, tile = tile_rows(slicers, k)
+        row_of = {int(s): i for i, s in enumerate(starts)}
+        by_row: list[list[tuple]] = [[] for _ in starts]
+        for s in slicers:
+            by_row[row_of[axis_range(s, k)[0]]].append(s)
+        groups = row_groups(len(starts), self._rows_per_chunk(starts, tile, target[k], net, crop_t, k))
+
+        # original slice -> network slices its export reads (unpadded)
+        need = np.array([export_rs.source_range(o, o + 1) for o in range(crop_t[k])])
+        results_device = p.device if p.perform_everything_on_device else torch.device("cpu")
+        gaussian = 1
+        if p.use_gaussian:
+            from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+            gaussian = compute_gaussian(tuple(patch), sigma_scale=1. / 8, value_scaling_factor=10,
+                                        device=results_device)
+        n_heads = p.label_manager.num_segmentation_heads
+        folds = p.list_of_parameters
+        acc: list[tuple] | None = None  # per fold (logit sums, weight sums) over padded slices [acc_lo, ...)
+        acc_lo = 0
+        final = None  # fold-averaged logits of complete slices [final_lo, final_hi) (padded)
+        final_lo = 0
+        next_export = 0
+        pb = pad_below[k]
+        for first, stop in tqdm(groups, desc=f"{what} chunks", unit="chunk", leave=False, disable=not progress):
+            lo, hi = int(starts[first]), int(starts[stop - 1]) + tile
+            data = self._network_input(hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi)
+            # carry the sums of slices [lo, previous hi) and start new ones
+            new_acc = []
+            for f in range(len(folds)):
+                logits = torch.zeros((n_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
+                weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+                if acc is not None:
+                    carried = acc[f][0].shape[k + 1] - (lo - acc_lo)
+                    if carried > 0:
+                        src = [slice(None)] * 4
+                        src[k + 1] = slice(lo - acc_lo, None)
+                        dst = [slice(None)] * 4
+                        dst[k + 1] = slice(0, carried)
+                        logits[tuple(dst)] = acc[f][0][tuple(src)]
+                        weights[tuple(dst[1:])] = acc[f][1][tuple(src[1:])]
+                new_acc.append((logits, weights))
+            acc, acc_lo = new_acc, lo
+            rows = [shift_slicer(s, k, lo) for r in range(first, stop) for s in by_row[r]]
+            data = data.to(results_device)
+            for f, params in enumerate(folds):
+                self._run_tiles(params, data, rows, acc[f][0], acc[f][1], gaussian, results_device)
+            del data
+            done = complete_until(starts, padded[k], stop)  # padded slices below are complete
+            final, final_lo = self._finish(acc, acc_lo, done, final, final_lo, k)
+            # export every original slice whose network slices are complete
+            stop_export = next_export
+            while stop_export < crop_t[k] and need[stop_export, 1] + pb <= done:
+                stop_export += 1
+            if stop_export > next_export:
+                self._export(final, final_lo, need, next_export, stop_export, export_rs, pad_below, net, k,
+                             bbox_t, tb, out)
+                next_export = stop_export
+                if next_export < crop_t[k]:  # keep what the next exports read
+                    keep = int(need[next_export:, 0].min()) + pb - final_lo
+                    index = [slice(None)] * 4
+                    index[k + 1] = slice(max(keep, 0), None)
+                    final, final_lo = final[tuple(index)].clone(), final_lo + max(keep, 0)
+        if next_export != crop_t[k]:
+            raise RuntimeError(f"{what}: exported {next_export} of {crop_t[k]} slices")
+
+    def _clip_ranges(self, stats: ScanStatistics, bbox_t, tf, data_rs: SlabResampler):
+        """Input ranges scikit-image's resize clips to, normalised: the scan's, or per slice of the separate axis."""
+        s = data_rs.separate_axis
+        if s is None:
+            values = np.array([min(stats.low[0]), max(stats.high[0])], np.float32)
+            lo, hi = self._normalize(values[None])[0]
+            return float(lo), float(hi)
+        if s == data_rs.axis:
+            return None  # every slice is inside its slab
+        a = tf[s]
+        sl = slice(*bbox_t[s])
+        low = self._normalize(stats.low[a][sl].astype(np.float32)[None])[0]
+        high = self._normalize(stats.high[a][sl].astype(np.float32)[None])[0]
+        return low, high
+
+    def _network_input(self, hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi):
+        """Preprocessed (1, ...) network input of padded slices [lo, hi) along transposed axis ``k``."""
+        import torch
+
+        n_lo, n_hi = max(lo - pad_below[k], 0), min(hi - pad_below[k], net[k])
+        shape = list(padded)
+        shape[k] = hi - lo
+        data = torch.zeros((1, *shape), dtype=torch.float32)
+        if n_hi > n_lo:
+            a, b = data_rs.source_range(n_lo, n_hi)
+            index = [slice(*bbox_t[tf.index(j)]) for j in range(3)]
+            index[axial] = slice(bbox_t[k][0] + a, bbox_t[k][0] + b)
+            block = np.asarray(hu[tuple(index)], dtype=np.float32).transpose(tf)[None].copy()
+            block = self._normalize(block)
+            values = data_rs.resample(block[0], a, n_lo, n_hi, clip=clip, out_dtype=np.float32)
+            dst = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
+            dst[k] = slice(n_lo + pad_below[k] - lo, n_hi + pad_below[k] - lo)
+            data[(0, *dst)] = torch.from_numpy(np.ascontiguousarray(values))
+        return data
+
+    def _run_tiles(self, params, data, slicers, logits, weights, gaussian, results_device) -> None:
+        """nnU-Net's sliding-window loop over ``slicers`` (its tile call, mirroring and Gaussian), one fold."""
+        import torch
+        from nnunetv2.configuration import default_num_processes
+        from nnunetv2.utilities.helpers import dummy_context
+        from torch._dynamo import OptimizedModule
+
+        p = self.predictor
+        network = p.network._orig_mod if isinstance(p.network, OptimizedModule) else p.network
+        network.load_state_dict(params)
+        p.network = p.network.to(p.device)
+        p.network.eval()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(min(default_num_processes, threads))
+        try:
+            with torch.inference_mode(), (torch.autocast(p.device.type, enabled=True) if p.device.type == "cuda"
+                                          else dummy_context()):
+                for sl in slicers:
+                    workon = torch.clone(data[sl][None], memory_format=torch.contiguous_format).to(p.device)
+                    prediction = p._internal_maybe_mirror_and_predict(workon)[0].to(results_device)
+                    if p.use_gaussian:
+                        prediction *= gaussian
+                    logits[sl] += prediction
+                    weights[sl[1:]] += gaussian
+        finally:
+            torch.set_num_threads(threads)
+
+    def _finish(self, acc, acc_lo, done, final, final_lo, k):
+        """Divide the complete slices of every fold, average the folds as nnU-Net does, append to ``final``."""
+        import torch
+
+        start = (final_lo + final.shape[k + 1]) if final is not None else acc_lo
+        if done <= start:
+            return final, final_lo
+        index = [slice(None)] * 4
+        index[k + 1] = slice(start - acc_lo, done - acc_lo)
+        prediction = None
+        for logits, weights in acc:
+            part = torch.div(logits[tuple(index)], weights[tuple(index[1:])])
+            if torch.any(torch.isinf(part)):
+                raise RuntimeError("Encountered inf in predicted array (as nnU-Net would report it)")
+            part = part.to("cpu")
+            prediction = part if prediction is None else prediction + part
+        if len(acc) > 1:
+            prediction /= len(acc)
+        if final is None:
+            return prediction, start
+        return torch.cat([final, prediction], dim=k + 1), final_lo
+
+    def _export(self, final, final_lo, need, o_lo, o_hi, export_rs, pad_below, net, k, bbox_t, tb, out) -> None:
+        """Argmax of the resampled logits of original slices [o_lo, o_hi), written into ``out``."""
+        a, b = int(need[o_lo:o_hi, 0].min()), int(need[o_lo:o_hi, 1].max())
+        index = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
+        index[k] = slice(a + pad_below[k] - final_lo, b + pad_below[k] - final_lo)
+        best = best_class = None
+        dtype = out.dtype
+        for c in range(final.shape[0]):
+            channel = final[(c, *index)].numpy()
+            channel = export_rs.resample(channel, a, o_lo, o_hi, out_dtype=np.float16)
+            if best is None:
+                best, best_class = np.array(channel), np.zeros(channel.shape, dtype)
+                continue
+            better = channel > best
+            best[better] = channel[better]
+            best_class[better] = c
+        index = [slice(*bbox_t[tb[j]]) for j in range(3)]
+        index[tb.index(k)] = slice(bbox_t[k][0] + o_lo, bbox_t[k][0] + o_hi)
+        out[tuple(index)] = best_class.transpose(tb)
+
+    def _rows_per_chunk(self, starts, tile, net_spacing_k, net, crop_t, k) -> int:
+        """Tile rows per chunk from ``chunk_mm`` (and the RAM budget, when given)."""
+        n_rows = len(starts)
+        step = (starts[-1] - starts[0]) / (n_rows - 1) if n_rows > 1 else tile
+        chunk_mm = self.chunks.chunk_mm
+        if chunk_mm is None and self.chunks.max_ram_gb is None:
+            return n_rows
+        rows = n_rows
+        if chunk_mm is not None:
+            length = (300.0 if chunk_mm == "auto" else float(chunk_mm)) / net_spacing_k
+            rows = max(1, int((length - tile) // max(step, 1)) + 1)
+        return min(rows, n_rows)
+
+    def chunk_logits(self, hu: np.ndarray, spacing: tuple[float, float, float]):
+        """Class logits of a whole (z, y, x) CT on its own grid, one class at a time, through nnU-Net's pipeline.
 
         nnU-Net's preprocessing, sliding window (TTA, all folds) and its probability resampling function
         are used as ``nnUNetPredictor`` uses them; the export is streamed per class, so the block never
@@ -185,43 +435,6 @@ class ChunkedPredictor:
                 out[tuple(slice(lo, hi) for lo, hi in bbox)] = channel
                 channel = out
             yield channel.transpose(pm.transpose_backward)
-
-    def predict_image(self, image, progress: bool = False, what: str = "image") -> np.ndarray:
-        """uint8 labels (array order of ``sitk.GetArrayFromImage``) of a SimpleITK CT image."""
-        import SimpleITK as sitk
-        from tqdm import tqdm
-
-        axial, layout = self.layout_for(image, what)
-        ap = image_axes(image)[1]
-        hu = sitk.GetArrayViewFromImage(image)
-        spacing = image.GetSpacing()[::-1]
-        labels = np.zeros(hu.shape, dtype=np.uint8 if self.n_classes <= 256 else np.uint16)
-        blend = int(np.ceil(self.chunks.overlap_mm / spacing[axial]))
-        stitcher = ChunkStitcher(labels, layout, self.n_classes, axial, blend=blend)
-        found_body = False
-        for start, stop in tqdm(layout, desc=f"{what} chunks", unit="chunk", leave=False, disable=not progress):
-            index = [slice(None)] * 3
-            index[axial] = slice(start, stop)
-            block = hu[tuple(index)]
-            in_plane = None
-            if self.body_crop is not None:
-                box = body_box(body_contour(block, spacing, axial, ap, self.body_crop), spacing,
-                               self.body_crop.margin_mm)
-                if box is None:  # only air and table in this chunk: background
-                    shape = (stop - start, 1, 1)
-                    stitcher.add_logits((np.full(shape, 0.0 if c == 0 else -1e4, np.float32)
-                                         for c in range(self.n_classes)), (slice(0, 1), slice(0, 1)))
-                    continue
-                found_body = True
-                index = [box[a] if a != axial else slice(None) for a in range(3)]
-                block = block[tuple(index)]
-                in_plane = tuple(box[a] for a in range(3) if a != axial)
-            stitcher.add_logits((np.moveaxis(c, axial, 0) for c in self.chunk_logits(block, spacing)), in_plane)
-        if self.body_crop is not None and not found_body:
-            raise ValueError(f"{what}: no body found (no voxel between {self.body_crop.low_hu:g} and "
-                             f"{self.body_crop.high_hu:g} HU in a part of at least "
-                             f"{self.body_crop.min_island_mm2:g} mm²); run without --body_crop")
-        return labels
 
 
 def case_inputs(in_dir: Path) -> dict[str, Path]:
