@@ -1,10 +1,12 @@
 """Body contour of a CT, the crop to it and the exact undoing of that crop (SPEC §7, paper 001 §2.4).
 
 Per axial slice the voxels in [low_hu, high_hu] (reference code: -300..2000 HU) are taken, their holes
-filled and islands smaller than ``min_island_mm2`` removed (tubes, cables); in 3-D the largest
-component is the body. Other components of at least ``min_part_ml`` whose centre lies within the
-body's anterior-posterior extent are kept too: arms and hands lying beside the trunk, which a chunk
-of the scan shows apart from it. The table (posterior to the body) and blankets (anterior) go.
+filled and islands smaller than ``min_island_mm2`` removed (tubes, cables). In 3-D every component
+that holds at least ``min_part_ml`` of *deep soft tissue* (voxels of ``soft_low_hu..soft_high_hu`` at
+least ``depth_mm`` inside the component) is body: trunk, arms, legs and head do; the exam table does not,
+whether its board is a thin dense plate or, after hole filling, a solid shell around a foam core, and
+neither do blankets and pads. (Choosing the largest component instead lets a table shell win in a leg
+or head section of the scan.)
 """
 
 from dataclasses import dataclass
@@ -21,11 +23,16 @@ class BodyCropSettings:
     min_island_mm2: float = 100.0
     min_part_ml: float = 20.0
     margin_mm: float = 10.0
+    soft_low_hu: float = -200.0
+    soft_high_hu: float = 250.0
+    depth_mm: float = 8.0
 
     def __post_init__(self) -> None:
         if not self.low_hu < self.high_hu:
             raise ValueError(f"low_hu must be below high_hu, got {self.low_hu} and {self.high_hu}")
-        for name in ("min_island_mm2", "min_part_ml", "margin_mm"):
+        if not self.soft_low_hu < self.soft_high_hu:
+            raise ValueError(f"soft_low_hu must be below soft_high_hu, got {self.soft_low_hu} and {self.soft_high_hu}")
+        for name in ("min_island_mm2", "min_part_ml", "margin_mm", "depth_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -34,10 +41,11 @@ def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis
                  settings: BodyCropSettings = BodyCropSettings()) -> np.ndarray:
     """Boolean body mask of a 3-D CT in HU; ``spacing`` per array axis in mm.
 
-    ``axial_axis`` is the cranio-caudal array axis (slices are taken across it), ``ap_axis`` the
-    anterior-posterior one. Returns an all-False mask when no body is found.
+    ``axial_axis`` is the cranio-caudal array axis (slices are taken across it); ``ap_axis`` (the
+    anterior-posterior one) is checked but no longer used. Returns an all-False mask when no body is found.
     """
     import cc3d
+    import edt
     import fill_voids
 
     if hu.ndim != 3:
@@ -55,20 +63,11 @@ def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis
     if not mask.any():
         return mask
     components, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
-    sizes = np.bincount(components.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    body = int(np.argmax(sizes))
-    keep = np.zeros(n + 1, bool)
-    keep[body] = True
-    min_voxels = settings.min_part_ml * 1000.0 / float(np.prod(spacing))
-    candidates = np.flatnonzero(sizes >= max(min_voxels, 1))
-    if candidates.size > 1:
-        stats = cc3d.statistics(components)
-        bodies = stats["bounding_boxes"]
-        ap_lo, ap_hi = bodies[body][ap_axis].start, bodies[body][ap_axis].stop
-        for label in candidates:
-            centre = stats["centroids"][label][ap_axis]
-            keep[label] |= ap_lo <= centre < ap_hi
+    deep = edt.edt(mask, anisotropy=tuple(float(x) for x in spacing), black_border=False) >= settings.depth_mm
+    deep &= (hu >= settings.soft_low_hu) & (hu <= settings.soft_high_hu)
+    soft_ml = np.bincount(components[deep], minlength=n + 1) * (float(np.prod(spacing)) / 1000.0)
+    soft_ml[0] = 0
+    keep = soft_ml >= max(settings.min_part_ml, 1e-9)
     return keep[components]
 
 
@@ -82,6 +81,37 @@ def body_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: f
         pad = int(np.ceil(margin_mm / spacing[axis]))
         box.append(slice(max(int(hit[0]) - pad, 0), min(int(hit[-1]) + 1 + pad, mask.shape[axis])))
     return tuple(box)
+
+
+def body_crop_box(hu: np.ndarray, spacing, axial: int, ap: int, settings: BodyCropSettings,
+                  min_extent_mm, what: str = "image", resolution_mm: float = 4.0) -> tuple[slice, ...]:
+    """One box around the body of the whole scan, for the chunked predictor; the whole array if none is found.
+
+    The body mask is computed once, on the scan sampled every ``resolution_mm`` (so all chunks agree and it
+    costs little RAM); the box gets ``settings.margin_mm`` and is never smaller than ``min_extent_mm`` per
+    axis (the network's patch: a smaller box would be padded by nnU-Net with 0, mean soft tissue after CT
+    normalisation) unless the scan itself is. No body: a warning, and the whole array.
+    """
+    import warnings
+
+    steps = [max(1, int(resolution_mm // s)) for s in spacing]
+    low = np.asarray(hu[::steps[0], ::steps[1], ::steps[2]])
+    low_spacing = tuple(s * k for s, k in zip(spacing, steps))
+    box = body_box(body_contour(low, low_spacing, axial, ap, settings), low_spacing, settings.margin_mm)
+    if box is None:
+        warnings.warn(f"{what}: no body found (no part with {settings.min_part_ml:g} ml of soft tissue between "
+                      f"{settings.soft_low_hu:g} and {settings.soft_high_hu:g} HU); predicting without the body crop",
+                      stacklevel=2)
+        return tuple(slice(0, n) for n in hu.shape)
+    out = []
+    for a, (b, k, n) in enumerate(zip(box, steps, hu.shape)):
+        start, stop = b.start * k, min((b.stop - 1) * k + k, n)
+        need = min(int(np.ceil(min_extent_mm[a] / spacing[a])), n)
+        if stop - start < need:
+            start = min(max((start + stop - need) // 2, 0), n - need)
+            stop = start + need
+        out.append(slice(start, stop))
+    return tuple(out)
 
 
 def image_axes(image) -> tuple[int, int]:
