@@ -172,7 +172,8 @@ class ChunkedPredictor:
             from nnunet_ctorg.inference.body_crop import body_crop_box
 
             box = body_crop_box(hu, spacing, axial, ap, self.body_crop, self.min_box_mm(), what)
-        self.predict_array(hu[box], spacing, axial, labels[box], progress, what)
+        volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize + 2)  # the CT, its labels, the label image written
+        self.predict_array(hu[box], spacing, axial, labels[box], progress, what, volume_bytes)
         return labels
 
     def min_box_mm(self) -> list[float]:
@@ -191,8 +192,12 @@ class ChunkedPredictor:
     # --- the chunked whole-scan computation ----------------------------------------------------------
 
     def predict_array(self, hu: np.ndarray, spacing, axial: int, out: np.ndarray, progress: bool = False,
-                      what: str = "image") -> None:
-        """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``."""
+                      what: str = "image", volume_bytes: int | None = None) -> None:
+        """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``.
+
+        ``volume_bytes``: what the case holds outside the chunks (default: ``hu``, ``out`` and a label
+        image); the RAM budget counts it. The chunks used are left in ``self.last_chunks`` (tile rows).
+        """
         import torch
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
         from tqdm import tqdm
@@ -210,7 +215,7 @@ class ChunkedPredictor:
         net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
         data_rs = SlabResampler(crop_t, net, spacing_t, target, k, self.data_resampling, self._sigma(spacing_t, target))
         export_rs = SlabResampler(net, crop_t, target, spacing_t, k, self.export_resampling)
-        clip = self._clip_ranges(stats, bbox_t, tf, data_rs)
+        clip = self._clip_ranges(hu, stats, bbox_t, tf, axial, data_rs)
 
         # nnU-Net pads the network-grid image to at least the patch (centred, with 0)
         patch = list(cm.patch_size)
@@ -226,9 +231,14 @@ class ChunkedPredictor:
         by_row: list[list[tuple]] = [[] for _ in starts]
         for s in slicers:
             by_row[row_of[axis_range(s, k)[0]]].append(s)
-        groups = row_groups(len(starts), self._rows_per_chunk(starts, tile, target[k], net, crop_t, k))
+        if volume_bytes is None:
+            volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
+        groups = row_groups(len(starts), self._rows_per_chunk(
+            starts, tile, padded, net, crop_t, k, target[k], 0 if data_rs.identity else data_rs.margin + 4,
+            volume_bytes, what))
 
         # original slice -> network slices its export reads (unpadded)
+        self.last_chunks = groups
         need = np.array([export_rs.source_range(o, o + 1) for o in range(crop_t[k])])
         results_device = p.device if p.perform_everything_on_device else torch.device("cpu")
         gaussian = 1
@@ -287,20 +297,54 @@ class ChunkedPredictor:
         if next_export != crop_t[k]:
             raise RuntimeError(f"{what}: exported {next_export} of {crop_t[k]} slices")
 
-    def _clip_ranges(self, stats: ScanStatistics, bbox_t, tf, data_rs: SlabResampler):
-        """Input ranges scikit-image's resize clips to, normalised: the scan's, or per slice of the separate axis."""
-        s = data_rs.separate_axis
+    def _clip_ranges(self, hu, stats: ScanStatistics, bbox_t, tf, axial: int, data_rs: SlabResampler):
+        """The input ranges scikit-image's resize clips to: the scan's, or per slice across the separate axis.
+
+        Without anti-aliasing they follow from the raw extremes (nnU-Net's CT normalisation is monotone);
+        with it they are the extremes of the smoothed scan, computed slab by slab.
+        """
+        s, k = data_rs.separate_axis, data_rs.axis
+        if s == k or data_rs.identity:
+            return None  # every slice the clip looks at lies inside its slab
+        if data_rs.sigma is not None:
+            return self._smoothed_ranges(hu, bbox_t, tf, axial, data_rs)
         if s is None:
             values = np.array([min(stats.low[0]), max(stats.high[0])], np.float32)
             lo, hi = self._normalize(values[None])[0]
             return float(lo), float(hi)
-        if s == data_rs.axis:
-            return None  # every slice is inside its slab
-        a = tf[s]
-        sl = slice(*bbox_t[s])
+        a, sl = tf[s], slice(*bbox_t[s])
         low = self._normalize(stats.low[a][sl].astype(np.float32)[None])[0]
         high = self._normalize(stats.high[a][sl].astype(np.float32)[None])[0]
-        return low, high
+        return low.astype(np.float64), high.astype(np.float64)
+
+    def _smoothed_ranges(self, hu, bbox_t, tf, axial: int, data_rs: SlabResampler, slab: int = 32):
+        """Extremes of the normalised, anti-aliased scan (globally, or per slice across the separate axis)."""
+        k, s = data_rs.axis, data_rs.separate_axis
+        n = bbox_t[k][1] - bbox_t[k][0]
+        radius = int(4.0 * float(data_rs.sigma[k]) + 0.5)
+        low = high = None
+        for start in range(0, n, slab):
+            a, b = max(start - radius, 0), min(start + slab + radius, n)
+            block = self._normalized_block(hu, tf, axial, bbox_t, k, a, b)
+            smooth = data_rs._smooth(block[0])
+            index = [slice(None)] * 3
+            index[k] = slice(start - a, min(start + slab, n) - a)
+            inner = smooth[tuple(index)]
+            if s is None:
+                lo, hi = np.array([inner.min()]), np.array([inner.max()])
+            else:
+                other = tuple(d for d in range(3) if d != s)
+                lo, hi = inner.min(axis=other), inner.max(axis=other)
+            low = lo if low is None else np.minimum(low, lo)
+            high = hi if high is None else np.maximum(high, hi)
+        return (float(low[0]), float(high[0])) if s is None else (low, high)
+
+    def _normalized_block(self, hu, tf, axial: int, bbox_t, k: int, a: int, b: int) -> np.ndarray:
+        """Cropped slices [a, b) along transposed axis ``k``, transposed and normalised: float32 (1, ...)."""
+        index = [slice(*bbox_t[tf.index(j)]) for j in range(3)]
+        index[axial] = slice(bbox_t[k][0] + a, bbox_t[k][0] + b)
+        block = np.asarray(hu[tuple(index)], dtype=np.float32).transpose(tf)[None].copy()
+        return self._normalize(block)
 
     def _network_input(self, hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi):
         """Preprocessed (1, ...) network input of padded slices [lo, hi) along transposed axis ``k``."""
@@ -312,10 +356,7 @@ class ChunkedPredictor:
         data = torch.zeros((1, *shape), dtype=torch.float32)
         if n_hi > n_lo:
             a, b = data_rs.source_range(n_lo, n_hi)
-            index = [slice(*bbox_t[tf.index(j)]) for j in range(3)]
-            index[axial] = slice(bbox_t[k][0] + a, bbox_t[k][0] + b)
-            block = np.asarray(hu[tuple(index)], dtype=np.float32).transpose(tf)[None].copy()
-            block = self._normalize(block)
+            block = self._normalized_block(hu, tf, axial, bbox_t, k, a, b)
             values = data_rs.resample(block[0], a, n_lo, n_hi, clip=clip, out_dtype=np.float32)
             dst = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
             dst[k] = slice(n_lo + pad_below[k] - lo, n_hi + pad_below[k] - lo)
@@ -391,18 +432,60 @@ class ChunkedPredictor:
         index[tb.index(k)] = slice(bbox_t[k][0] + o_lo, bbox_t[k][0] + o_hi)
         out[tuple(index)] = best_class.transpose(tb)
 
-    def _rows_per_chunk(self, starts, tile, net_spacing_k, net, crop_t, k) -> int:
-        """Tile rows per chunk from ``chunk_mm`` (and the RAM budget, when given)."""
+    def _rows_per_chunk(self, starts, tile, padded, net, crop_t, k, net_spacing: float, margin: int,
+                        volume_bytes: int, what: str) -> int:
+        """Tile rows per chunk: from ``chunk_mm``, then as many as the RAM budget (if any) allows."""
         n_rows = len(starts)
         step = (starts[-1] - starts[0]) / (n_rows - 1) if n_rows > 1 else tile
         chunk_mm = self.chunks.chunk_mm
-        if chunk_mm is None and self.chunks.max_ram_gb is None:
-            return n_rows
         rows = n_rows
         if chunk_mm is not None:
-            length = (300.0 if chunk_mm == "auto" else float(chunk_mm)) / net_spacing_k
-            rows = max(1, int((length - tile) // max(step, 1)) + 1)
-        return min(rows, n_rows)
+            length = (300.0 if chunk_mm == "auto" else float(chunk_mm)) / net_spacing
+            rows = min(max(1, int((length - tile) // max(step, 1)) + 1), n_rows)
+        if self.chunks.max_ram_gb is None:
+            return rows
+        budget = self.chunks.max_ram_gb * 1024**3
+        for r in range(rows, 0, -1):
+            estimate = self.estimate_bytes(r, step, tile, padded, net, crop_t, k, margin, volume_bytes)
+            if estimate <= budget:
+                self.last_estimate_gb = estimate / 1024**3
+                return r
+        need = self.estimate_bytes(1, step, tile, padded, net, crop_t, k, margin, volume_bytes) / 1024**3
+        raise ValueError(f"{what}: --max_ram_gb {self.chunks.max_ram_gb:g} is too small: about {need:.1f} GB are "
+                         f"needed with chunks of one tile row (the model and libraries hold {self.base_gb:.1f} GB, "
+                         f"the CT and its labels {volume_bytes / 1024**3:.1f} GB)")
+
+    def estimate_bytes(self, rows: int, step: float, tile: int, padded, net, crop_t, k: int, margin: int,
+                       volume_bytes: int) -> float:
+        """Peak RSS (bytes) of a case predicted in chunks of ``rows`` tile rows.
+
+        Terms: the process before the case (measured with the model on its device); the CT and its labels
+        (``volume_bytes``); per fold the half-precision logit and weight sums of a chunk and its carried
+        rows; the fold-averaged logits kept for export; and the largest of (a) preprocessing a chunk (the
+        original slab as float32 twice, three float64 copies for the spline prefilter, two float64 arrays
+        of the partly resampled chunk, the float32 network input), (b) the network input and a tile's
+        activations, (c) exporting one class (float64 network and original slabs, float16 results, the
+        running maximum and its class).
+        """
+        p = self.predictor
+        cm = p.configuration_manager
+        n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters)
+        plane_net = float(np.prod(padded)) / padded[k]
+        plane_orig = float(np.prod(crop_t)) / crop_t[k]
+        ratio = crop_t[k] / net[k]
+        length = (rows - 1) * step + tile  # network slices a chunk spans
+        carried = length + tile
+        orig = (length * ratio + 2 * margin) * plane_orig  # the slab a chunk's input is resampled from
+        sums = folds * (n_classes + 1) * 2.0 * carried * plane_net
+        final = n_classes * 2.0 * carried * plane_net
+        data = 4.0 * length * plane_net
+        prep = 8.0 * orig + 24.0 * orig + 16.0 * length * ratio * max(plane_orig, plane_net) + data
+        features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
+                    or [32])[0]
+        activations = 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)
+        exported = length * ratio * plane_orig
+        export = 8.0 * length * plane_net + (16.0 + 2.0 + 2.0 + 1.0) * exported
+        return self.base_gb * 1024**3 + volume_bytes + sums + final + max(prep, data + activations, export)
 
     def chunk_logits(self, hu: np.ndarray, spacing: tuple[float, float, float]):
         """Class logits of a whole (z, y, x) CT on its own grid, one class at a time, through nnU-Net's pipeline.
@@ -437,37 +520,81 @@ class ChunkedPredictor:
             yield channel.transpose(pm.transpose_backward)
 
 
-def case_inputs(in_dir: Path) -> dict[str, Path]:
-    """Case name -> CT file: nnU-Net's ``CASE_0000.nii.gz`` (single channel) or plain ``CASE.nii.gz``."""
-    from nnunet_ctorg.io import case_name, list_images
+def case_inputs(in_dir: Path, file_ending: str = ".nii.gz") -> dict[str, Path]:
+    """Case name -> CT file among the files ending in ``file_ending`` (the model's dataset.json, as nnU-Net).
 
+    nnU-Net's ``CASE_0000<ending>`` and plain ``CASE<ending>`` are both accepted; the two for one case,
+    or other channels than ``_0000``, are errors naming the files.
+    """
+    in_dir = Path(in_dir)
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"input folder not found: {in_dir}")
     cases: dict[str, Path] = {}
-    for path in list_images(in_dir):
-        name = case_name(path)
+    for path in sorted(p for p in in_dir.iterdir() if p.is_file() and p.name.endswith(file_ending)
+                       and not p.name.startswith(".")):
+        name = path.name[:-len(file_ending)]
         if name.endswith(tuple(f"_{i:04d}" for i in range(1, 10))):
             raise ValueError(f"{path.name}: the chunked predictor takes single-channel CT models only "
                              f"(found channel {name[-4:]})")
-        cases[name[:-5] if name.endswith("_0000") else name] = path
+        case = name[:-5] if name.endswith("_0000") else name
+        if case in cases:
+            raise ValueError(f"{cases[case].name} and {path.name} are both case {case!r}; keep one of them")
+        cases[case] = path
     return cases
+
+
+def read_ct_compact(path: Path, what: str):
+    """Read a CT for chunked prediction: 3-D, one channel, finite; a float CT holding whole HU becomes int16.
+
+    Many CTs store int16 with ``scl_slope``/``scl_inter`` and are read as float32. Their values are checked
+    slab by slab in memory (no second read of the file) and, when they are whole numbers in int16's range,
+    the image is cast to int16: half the RAM, the same numbers for nnU-Net (which reads float32).
+    """
+    import SimpleITK as sitk
+
+    from nnunet_ctorg.io import read_image
+
+    image = read_image(path, f"{what}: image")
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise ValueError(f"{what}: the image must be 3-D, got size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{what}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return image
+    view = sitk.GetArrayViewFromImage(image)
+    whole = True
+    for start in range(0, view.shape[0], 16):
+        slab = view[start:start + 16]
+        bad = int(np.count_nonzero(~np.isfinite(slab)))
+        if bad:
+            raise ValueError(f"{what}: the CT contains NaN or infinite values (at least {bad} in slices "
+                             f"{start}..{min(start + 16, view.shape[0]) - 1} of the array)")
+        whole = whole and bool(np.all(slab == np.round(slab))) and slab.min() >= -32768 and slab.max() <= 32767
+    del view
+    return sitk.Cast(image, sitk.sitkInt16) if whole else image
 
 
 def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str | Path,
                    continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
                    postprocess: bool = False, previews: bool = False, progress: bool = True) -> dict:
-    """Predict every CT of ``in_dir`` (the ``part_id``-th of ``num_parts`` shares) into ``out_dir/CASE.nii.gz``."""
+    """Predict every CT of ``in_dir`` (the ``part_id``-th of ``num_parts`` shares) into ``out_dir``.
+
+    Outputs are ``CASE<file_ending>`` with the model's file ending, as ``nnUNetv2_predict`` names them.
+    """
     import json
 
     import SimpleITK as sitk
     from tqdm import tqdm
 
-    from nnunet_ctorg.io import read_ct, write_image_atomic, write_text_atomic
+    from nnunet_ctorg.io import write_image_atomic, write_text_atomic
 
     if not 0 <= part_id < num_parts:
         raise ValueError(f"part_id must be in 0..{num_parts - 1}, got {part_id}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    cases = case_inputs(in_dir)
+    file_ending = chunked.predictor.dataset_json.get("file_ending", ".nii.gz")
+    cases = case_inputs(in_dir, file_ending)
     if not cases:
-        raise ValueError(f"no CT files in {in_dir}")
+        raise ValueError(f"no CT files ending in {file_ending} (the model's file_ending) in {in_dir}")
     names = sorted(cases)[part_id::num_parts]
     out_dir.mkdir(parents=True, exist_ok=True)
     labels_map = chunked.predictor.dataset_json["labels"]
@@ -475,13 +602,13 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
     write_text_atomic(json.dumps(chunked.predictor.plans_manager.plans, indent=2), out_dir / "plans.json")
     summary: dict = {"predicted": [], "skipped": [], "failed": {}, "seconds": {}}
     for name in tqdm(names, desc="cases", unit="case", disable=not progress):
-        target = out_dir / f"{name}.nii.gz"
+        target = out_dir / f"{name}{file_ending}"
         if continue_prediction and target.is_file():
             summary["skipped"].append(name)
             continue
         t = time.perf_counter()
         try:
-            image = read_ct(cases[name], name)
+            image = read_ct_compact(cases[name], name)
             labels = chunked.predict_image(image, progress=progress, what=name)
             if postprocess:
                 from nnunet_ctorg.postprocessing.organ_cleanup import clean_segmentation

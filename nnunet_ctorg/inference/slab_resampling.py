@@ -231,7 +231,11 @@ class SlabResampler:
         """Resize axis ``k`` of ``x``; along the slab axis only output slices [lo, hi)."""
         n_in, n_out = self.in_shape[k], self.out_shape[k]
         if n_in == n_out:  # scipy interpolates at the samples themselves: the identity up to rounding
-            return x
+            if k != self.axis:
+                return x
+            index = [slice(None)] * x.ndim
+            index[k] = slice(lo - slab_start, hi - slab_start)
+            return x[tuple(index)]
         coords = sample_positions(n_in, n_out)
         if k == self.axis:
             coords = coords[lo:hi] - slab_start

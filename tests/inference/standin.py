@@ -74,9 +74,19 @@ def standin_predictor(plans: dict | None = None, folds: int = 1, mirroring: bool
 
 
 def nnunet_labels(predictor, image) -> np.ndarray:
-    """``nnUNetv2_predict``'s labels for a SimpleITK image (as SimpleITKIO reads it)."""
+    """``nnUNetv2_predict``'s labels for a SimpleITK image (as SimpleITKIO reads it).
+
+    A configuration planned with anti-aliasing is preprocessed with it (as our preprocessing command does).
+    """
     import SimpleITK as sitk
+
+    from nnunet_ctorg.planning.antialiasing import with_antialiasing
 
     data = sitk.GetArrayFromImage(image).astype(np.float32)[None]
     props = {"spacing": list(image.GetSpacing()[::-1])}
-    return predictor.predict_single_npy_array(data, props)
+    plain = predictor.configuration_manager
+    predictor.configuration_manager = with_antialiasing(plain)
+    try:
+        return predictor.predict_single_npy_array(data, props)
+    finally:
+        predictor.configuration_manager = plain

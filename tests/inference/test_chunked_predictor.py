@@ -1,105 +1,123 @@
-"""The chunked predictor: the chunk machinery with a pointwise stand-in network, then a real nnU-Net model."""
+"""The chunked predictor against nnU-Net's own prediction (a deterministic stand-in network), then a real model."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_ctorg.inference.body_crop import BodyCropSettings
-from nnunet_ctorg.inference.chunked_predictor import (
-    ChunkedPredictor,
-    ChunkSettings,
-    chunk_slices_for_budget,
-    predict_folder,
-)
-
-LABELS = {"background": 0, "soft": 1, "bone": 2}
+from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
+from tests.inference.standin import LABELS, nnunet_labels, standin_plans, standin_predictor
 
 
-def _fake_predictor(patch_mm: float = 40.0):
-    return SimpleNamespace(
-        label_manager=SimpleNamespace(all_labels=[0, 1, 2], has_regions=False),
-        configuration_manager=SimpleNamespace(preprocessor_class=lambda verbose: None, patch_size=[8, 8, 8],
-                                              spacing=[patch_mm / 8] * 3),
-        plans_manager=SimpleNamespace(transpose_forward=[0, 1, 2], plans={"plans_name": "fake"}),
-        dataset_json={"labels": LABELS, "channel_names": {"0": "CT"}})
+@pytest.fixture(scope="module")
+def real_ct_6mm(real_ct_dir):
+    """The real CT at 6 x 6 mm in-plane, 3 mm slices: 61 x 51 x 112 voxels, 336 mm cranio-caudally."""
+    return sitk.ReadImage(str(real_ct_dir / "example_ct.nii.gz"))[::2, ::2, :]
 
 
-class PointwiseChunked(ChunkedPredictor):
-    """A stand-in network whose probabilities depend on each voxel alone: chunking must not change them."""
-
-    calls: list
-
-    def chunk_logits(self, hu, spacing):
-        self.calls = getattr(self, "calls", []) + [hu.shape]
-        h = hu.astype(np.float32)
-        yield from (-(h + 200) / 50, -np.abs(h - 60) / 50, (h - 300) / 50)
-
-
-def test_chunked_equals_whole_and_every_slice_is_written(phantom):
-    image = phantom.to_sitk(phantom.ct)
-    whole = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=None)).predict_image(image)
-    chunked = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=60, overlap_mm=12))
-    axis, layout = chunked.layout_for(image)
-    assert axis == 0 and len(layout) >= 3
-    assert np.array_equal(chunked.predict_image(image), whole)
-    assert max(s[0] for s in chunked.calls) < phantom.ct.shape[0]  # no call saw the whole scan
+# (plans, folds, mirroring, least fraction of voxels with nnU-Net's label): nnU-Net resamples in all but the first
+EXACT_CASES = {
+    "model spacing, 3 folds": (standin_plans(spacing=(3.0, 6.0, 6.0), patch=(24, 16, 16)), 3, False, 1.0),
+    "3-D cubic resampling, mirroring, 2 folds": (standin_plans(spacing=(2.5, 5.0, 5.0), patch=(32, 16, 16)), 2,
+                                                 True, 1.0),
+    "separate z": (standin_plans(spacing=(16.0, 5.0, 5.0), patch=(8, 16, 16)), 1, False, 1.0),
+    "anti-aliased 6 x 9 x 9 mm": (standin_plans(spacing=(6.0, 9.0, 9.0), patch=(16, 8, 8), antialiasing=1 / 3), 1,
+                                  False, 1.0),
+    "2-D": (standin_plans(spacing=(6.0, 6.0), patch=(16, 16)), 1, False, 1.0),
+    "2-D, slices across": (standin_plans(spacing=(6.0, 6.0), patch=(16, 16), transpose=(1, 0, 2)), 1, False, 1.0),
+    # the chunk axis is not the slicers' outer loop: half-precision sums are added in another order at seams
+    "transposed plans": (standin_plans(spacing=(5.0, 2.5, 5.0), patch=(16, 32, 16), transpose=(2, 0, 1)), 1, False,
+                         0.9999),
+}
 
 
-def test_body_crop_drops_the_table_and_keeps_the_patient(phantom):
-    from nnunet_ctorg.phantoms import generate_phantom
-
-    no_table = generate_phantom(seed=7, fov="thorax_abdomen", spacing=(3.0, 3.0, 4.0), table=False)
-    image = phantom.to_sitk(phantom.ct)
-    whole = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=None)).predict_image(image)
-    cropped = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=60, overlap_mm=12), BodyCropSettings())
-    labels = cropped.predict_image(image)
-    organs = phantom.structures > 0
-    assert np.array_equal(labels[organs], whole[organs])
-    table = (phantom.ct != no_table.ct) & (whole > 0)
-    assert table.any() and np.count_nonzero(labels[table]) < 0.5 * np.count_nonzero(table)
-    assert all(s[1] * s[2] < phantom.ct.shape[1] * phantom.ct.shape[2] for s in cropped.calls)
+@pytest.mark.parametrize("case", list(EXACT_CASES))
+def test_chunked_labels_are_nnunets(real_ct_6mm, case):
+    plans, folds, mirroring, least = EXACT_CASES[case]
+    predictor = standin_predictor(plans, folds, mirroring)
+    reference = nnunet_labels(predictor, real_ct_6mm)
+    assert len(np.unique(reference)) == len(LABELS)  # the stand-in network draws every class
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60))
+    labels = chunked.predict_image(real_ct_6mm)
+    assert len(chunked.last_chunks) >= 4
+    assert labels.shape == reference.shape and labels.dtype == np.uint8
+    assert np.mean(labels == reference) >= least
 
 
-def test_chunks_are_never_shorter_than_the_patch(phantom):
-    image = phantom.to_sitk(phantom.ct)  # 4 mm slices
-    auto = PointwiseChunked(_fake_predictor(patch_mm=400), ChunkSettings(overlap_mm=12))
-    _, layout = auto.layout_for(image)
-    assert len(layout) > 1 and all(stop - start >= 100 + 3 for start, stop in layout)  # 400 mm patch + 12 mm
-    short = PointwiseChunked(_fake_predictor(patch_mm=400), ChunkSettings(chunk_mm=100, overlap_mm=12))
-    with pytest.warns(UserWarning, match="shorter than the network's patch"):
-        _, layout = short.layout_for(image)
-    assert all(stop - start == 25 for start, stop in layout)
+def test_labels_do_not_depend_on_the_chunk_length(real_ct_6mm):
+    predictor = standin_predictor(standin_plans(spacing=(4.0, 5.0, 5.0), patch=(16, 16, 16)))
+    whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None))
+    reference = whole.predict_image(real_ct_6mm)
+    assert len(whole.last_chunks) == 1
+    for chunk_mm in (30, 90, 200):
+        assert np.array_equal(ChunkedPredictor(predictor, ChunkSettings(chunk_mm=chunk_mm)).predict_image(real_ct_6mm),
+                              reference)
 
 
-def test_a_scan_shorter_than_three_overlaps_is_one_chunk(real_ct_dir):
-    image = sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz"))  # 30 slices of 3 mm: 90 mm < 3 x 50 mm
-    chunked = PointwiseChunked(_fake_predictor(), ChunkSettings())
-    assert chunked.layout_for(image) == (0, [(0, image.GetSize()[2])])
-    whole = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=None)).predict_image(image)
-    assert np.array_equal(chunked.predict_image(image), whole)
+def test_nnunets_crop_to_nonzero_voxels_is_the_whole_scans(real_ct_6mm):
+    # a CT padded with exact zeros (as some converters do): nnU-Net crops them for the whole scan at once
+    hu = sitk.GetArrayFromImage(real_ct_6mm)
+    padded = np.zeros_like(hu)
+    padded[10:100, 5:45, 3:58] = hu[10:100, 5:45, 3:58]
+    image = sitk.GetImageFromArray(padded)
+    image.CopyInformation(real_ct_6mm)
+    predictor = standin_predictor(standin_plans(spacing=(4.0, 5.0, 5.0), patch=(16, 16, 16)))
+    labels = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=40)).predict_image(image)
+    assert np.array_equal(labels, nnunet_labels(predictor, image))
+    assert not labels[:10].any() and not labels[:, :, :3].any()
 
 
-def test_ram_budget_chooses_the_chunk_or_fails_clearly(phantom):
-    slices = chunk_slices_for_budget(6.0, 1.0, 512 * 512, 9, 34, 512 * 512 * 600 * 3)
-    assert 100 < slices < 400
-    assert chunk_slices_for_budget(10.0, 1.0, 512 * 512, 9, 34, 0) > slices
-    with pytest.raises(ValueError, match="--max_ram_gb 3 is too small"):
-        chunk_slices_for_budget(3.0, 1.0, 512 * 512, 9, 34, 512 * 512 * 600 * 3)
-    image = phantom.to_sitk(phantom.ct)
-    chunked = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=None, max_ram_gb=0.01))
-    with pytest.raises(ValueError, match="too small"):
-        chunked.layout_for(image)
+def test_refusals_name_the_reason():
+    plans = standin_plans(normalization="ZScoreNormalization")
+    with pytest.raises(ValueError, match="ZScoreNormalization, which depends on the whole image"):
+        ChunkedPredictor(standin_predictor(plans))
+    plans = standin_plans()
+    plans["configurations"]["3d"]["previous_stage"] = "3d_lowres"
+    with pytest.raises(ValueError, match="cascade stage"):
+        ChunkedPredictor(standin_predictor(plans))
+    plans = standin_plans()
+    plans["configurations"]["3d"]["resampling_fn_data"] = "resample_torch_fornnunet"
+    with pytest.raises(ValueError, match="resample_torch_fornnunet"):
+        ChunkedPredictor(standin_predictor(plans))
     with pytest.raises(ValueError, match="max_ram_gb must be > 0"):
         ChunkSettings(max_ram_gb=0)
-    with pytest.raises(ValueError, match="overlap_mm .120. must be smaller than chunk_mm .100."):
-        ChunkSettings(chunk_mm=100, overlap_mm=120)
+    with pytest.raises(ValueError, match="chunk_mm must be > 0"):
+        ChunkSettings(chunk_mm=-5)
+
+
+def test_ram_budget_chooses_the_rows_or_fails_with_what_is_needed(real_ct_6mm):
+    predictor = standin_predictor(standin_plans(spacing=(3.0, 6.0, 6.0), patch=(24, 16, 16)))
+    roomy = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=64))
+    labels = roomy.predict_image(real_ct_6mm)
+    assert len(roomy.last_chunks) == 1
+    # a budget just below what the whole scan at once needs: more chunks, the same labels
+    tight = ChunkedPredictor(predictor)
+    budget = tight.base_gb + (roomy.last_estimate_gb - roomy.base_gb) - 0.001  # the base is measured anew
+    tight.chunks = ChunkSettings(chunk_mm=None, max_ram_gb=budget)
+    assert np.array_equal(tight.predict_image(real_ct_6mm), labels)
+    assert len(tight.last_chunks) > 1 and tight.last_estimate_gb <= budget
+    with pytest.raises(ValueError, match=r"--max_ram_gb .* is too small: about .* GB are needed"):
+        ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=roomy.base_gb)).predict_image(real_ct_6mm)
+
+
+def test_body_crop_keeps_the_body_labels_and_drops_the_table(phantom):
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings
+    from nnunet_ctorg.phantoms import generate_phantom
+
+    image = phantom.to_sitk(phantom.ct)
+    predictor = standin_predictor(standin_plans(spacing=(4.0, 3.0, 3.0), patch=(16, 32, 32)))  # no resampling
+    whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60)).predict_image(image)
+    cropped = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), BodyCropSettings()).predict_image(image)
+    organs = phantom.structures > 0
+    assert np.mean(cropped[organs] == whole[organs]) > 0.99
+    no_table = generate_phantom(seed=7, fov="thorax_abdomen", spacing=(3.0, 3.0, 4.0), table=False)
+    table = (phantom.ct != no_table.ct) & (whole > 0)  # table voxels the stand-in labels without the crop
+    assert table.any() and np.count_nonzero(cropped[table]) < 0.5 * np.count_nonzero(table)
 
 
 @pytest.fixture()
@@ -114,8 +132,13 @@ def ct_folder(tmp_path):
     return folder
 
 
+def _small_chunked() -> ChunkedPredictor:
+    return ChunkedPredictor(standin_predictor(standin_plans(spacing=(8.0, 8.0, 8.0), patch=(8, 16, 16))),
+                            ChunkSettings(chunk_mm=80))
+
+
 def test_folder_sharding_resume_and_failures(ct_folder, tmp_path):
-    chunked = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=80, overlap_mm=16))
+    chunked = _small_chunked()
     one = predict_folder(chunked, ct_folder, tmp_path / "one", progress=False)
     assert one["predicted"] == ["case0", "case1", "case2"] and not one["failed"]
     parts = [predict_folder(chunked, ct_folder, tmp_path / "two", num_parts=2, part_id=k, progress=False)
@@ -139,8 +162,41 @@ def test_folder_sharding_resume_and_failures(ct_folder, tmp_path):
         predict_folder(chunked, ct_folder, tmp_path / "x", num_parts=2, part_id=2, progress=False)
 
 
+def test_file_ending_duplicates_and_float_cts(ct_folder, tmp_path):
+    import shutil
+
+    from nnunet_ctorg.inference.chunked_predictor import case_inputs
+
+    chunked = _small_chunked()
+    chunked.predictor.dataset_json["file_ending"] = ".mha"
+    mha = tmp_path / "mha"
+    mha.mkdir()
+    image = sitk.ReadImage(str(ct_folder / "case0_0000.nii.gz"))
+    sitk.WriteImage(image, str(mha / "case0_0000.mha"))
+    # stored as float with whole HU values (as a CT with scl_slope is read): the same labels, kept as int16
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(mha / "floaty.mha"))
+    shutil.copy(ct_folder / "case1_0000.nii.gz", mha / "case1_0000.nii.gz")  # not the model's ending: ignored
+    summary = predict_folder(chunked, mha, tmp_path / "out", progress=False)
+    assert summary["predicted"] == ["case0", "floaty"]
+    a = sitk.ReadImage(str(tmp_path / "out" / "case0.mha"))
+    b = sitk.ReadImage(str(tmp_path / "out" / "floaty.mha"))
+    assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+    sitk.WriteImage(image, str(mha / "case0.mha"))
+    with pytest.raises(ValueError, match="case0.mha and case0_0000.mha are both case 'case0'"):
+        case_inputs(mha, ".mha")
+    broken = sitk.GetArrayFromImage(image).astype(np.float32)
+    broken[3, 4, 5] = np.nan
+    nan_image = sitk.GetImageFromArray(broken)
+    nan_image.CopyInformation(image)
+    (mha / "case0.mha").unlink()
+    sitk.WriteImage(nan_image, str(mha / "nan.mha"))
+    again = predict_folder(chunked, mha, tmp_path / "out", continue_prediction=True, progress=False)
+    assert again["skipped"] == ["case0", "floaty"]
+    assert "nan: the CT contains NaN or infinite values" in again["failed"]["nan"]
+
+
 def test_postprocess_and_preview_options(ct_folder, tmp_path):
-    chunked = PointwiseChunked(_fake_predictor(), ChunkSettings(chunk_mm=80, overlap_mm=16))
+    chunked = _small_chunked()
     predict_folder(chunked, ct_folder, tmp_path / "out", postprocess=True, previews=True, progress=False)
     assert (tmp_path / "out" / "previews" / "case0.png").read_bytes()[:4] == b"\x89PNG"
 
