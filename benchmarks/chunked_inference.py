@@ -1,19 +1,21 @@
-"""Whole-image nnU-Net prediction vs chunked vs chunked + body crop: peak RSS, wall time, Dice agreement.
+"""Whole-scan nnU-Net prediction vs chunked vs chunked + body crop: peak RSS, wall time, agreement.
 
-(a) ``nnUNetPredictor.predict_from_files_sequential`` on the whole image (nnU-Net's own path, one
-    process, no workers);
-(b) ``nnunet_ctorg_predict_chunked`` logic, chunks of ``--chunk_mm`` with ``--overlap_mm`` blended;
-(c) (b) with ``--body_crop``.
-Each runs in its own process; peak RSS is that process's VmHWM (measured by the OS). Agreement is the
-per-organ Dice between (b)/(c) and (a). ``--noise_floor`` also predicts (a) on the scan minus its top
-slice: the agreement of the model with itself when only the sliding-window tiling moves, which bounds
-what any chunking can reach with that model.
+Modes, each in its own process (peak RSS = that process's VmHWM, measured by the OS):
+(a) ``whole``: nnU-Net's own ``nnUNetPredictor.predict_single_npy_array`` on the whole scan;
+(b) ``chunked``: ``ChunkedPredictor`` (what ``nnunet_ctorg_predict_chunked`` runs) with ``--chunk_mm`` /
+    ``--max_ram_gb``;
+(c) ``chunked_crop``: (b) with ``--body_crop``.
+Agreement with (a): the fraction of voxels with the same label and the per-label Dice.
 
-Default input: a head-to-knee phantom cropped to 512 x 512 x 600 at 0.8 x 0.8 x 1.5 mm with the
-table; ``--ct`` takes any CT (e.g. ../shared/data/real_ct/example_ct.nii.gz). The model defaults to
-the one the README demo trains.
+Scans: head-to-knee phantoms with a table at 0.8 x 0.8 x 1.5 mm, ``--size`` in-plane (default 525) and
+``--lengths`` slices (default 160 320 640; longer ones repeat the phantom), and ``--ct`` files (e.g. the
+real CT of ../shared). Model: ``--model FOLDER`` (a trained nnU-Net model, fold 0), or by default the
+deterministic stand-in network of tests/inference/standin.py with nnU-Net plans at ``--standin_spacing``
+(default 1.5 mm isotropic, patch 64^3): real nnU-Net preprocessing, sliding window and export with a fixed
+convolutional network, so the numbers measure the pipeline, not a model.
 
-    python benchmarks/chunked_inference.py [--ct FILE] [--model FOLDER] [--device cpu] [--noise_floor]
+    python benchmarks/chunked_inference.py [--lengths 160 320 640 1280] [--ct FILE] [--model FOLDER] \
+        [--max_ram_gb 4] [--modes whole chunked chunked_crop]
 """
 
 import argparse
@@ -24,138 +26,161 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_MODEL = ("nnunet_ctorg_demo/nnUNet_results/Dataset601_CTORGPhantom/"
-              "CTOrgIOUTrainer_demo__nnUNetPlans_demo__3d_cpu_demo")
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_phantom(path: Path) -> None:
+def make_phantom(path: Path, n_slices: int, size: int) -> None:
+    """A head-to-knee phantom with table, ``size`` x ``size`` x ``n_slices`` at 0.8 x 0.8 x 1.5 mm."""
     import numpy as np
     import SimpleITK as sitk
 
     from nnunet_ctorg.phantoms import generate_phantom
 
     ph = generate_phantom(seed=11, fov="head_knee", spacing=(0.8, 0.8, 1.5))
-    nz, ny, nx = ph.ct.shape
-    z0 = max((nz - 600) // 2, 0)
-    y0, x0 = max((ny - 512) // 2, 0), max((nx - 512) // 2, 0)
-    box = (slice(z0, z0 + 600), slice(y0, y0 + 512), slice(x0, x0 + 512))
-    image = sitk.GetImageFromArray(np.ascontiguousarray(ph.ct[box]))
+    ct = ph.ct
+    while ct.shape[0] < n_slices:  # longer than the phantom: mirrored copies
+        ct = np.concatenate([ct, ct[::-1]], axis=0)
+    nz, ny, nx = ct.shape
+    z0 = (nz - n_slices) // 2
+    out = np.full((n_slices, size, size), -1024, np.int16)
+    y0, x0 = (ny - size) // 2, (nx - size) // 2
+    src = ct[z0:z0 + n_slices, max(y0, 0):max(y0, 0) + size, max(x0, 0):max(x0, 0) + size]
+    oy, ox = max(-y0, 0), max(-x0, 0)
+    out[:, oy:oy + src.shape[1], ox:ox + src.shape[2]] = src
+    image = sitk.GetImageFromArray(out)
     image.SetSpacing(ph.spacing)
     image.SetDirection(ph.direction)
-    full = ph.to_sitk(ph.ct)
-    image.SetOrigin(full.TransformIndexToPhysicalPoint([x0, y0, z0]))
     sitk.WriteImage(image, str(path))
 
 
+def load(args):
+    if args.model:
+        from nnunet_ctorg.inference.chunked_predictor import load_predictor
+
+        return load_predictor(args.model, [0], device=args.device, use_mirroring=False)
+    sys.path.insert(0, str(ROOT))
+    from tests.inference.standin import standin_plans, standin_predictor
+
+    s = args.standin_spacing
+    return standin_predictor(standin_plans(spacing=(s, s, s), patch=(64, 64, 64)))
+
+
 def worker(args) -> None:
+    import numpy as np
     import SimpleITK as sitk
 
     from nnunet_ctorg.inference.body_crop import BodyCropSettings
-    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, load_predictor, peak_rss_gb
-    from nnunet_ctorg.io import write_image_atomic
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, peak_rss_gb, read_ct_compact
 
-    predictor = load_predictor(args.model, [0], device=args.device, use_mirroring=False)
+    predictor = load(args)
+    image = read_ct_compact(Path(args.ct), "benchmark")
     t = time.perf_counter()
-    if args.worker in ("whole", "whole_minus_one"):
-        ct = args.ct
-        if args.worker == "whole_minus_one":
-            image = sitk.ReadImage(ct)
-            n = image.GetSize()[2]
-            ct = str(Path(args.out).with_name("minus_one_0000.nii.gz"))
-            sitk.WriteImage(image[:, :, : n - 1], ct)
-            t = time.perf_counter()
-        predictor.predict_from_files_sequential([[ct]], [args.out[: -len(".nii.gz")]], save_probabilities=False,
-                                                overwrite=True)
+    info = {}
+    if args.worker == "whole":
+        from nnunet_ctorg.planning.antialiasing import with_antialiasing
+
+        predictor.configuration_manager = with_antialiasing(predictor.configuration_manager)
+        data = sitk.GetArrayFromImage(image).astype(np.float32)[None]
+        labels = predictor.predict_single_npy_array(data, {"spacing": list(image.GetSpacing()[::-1])})
+        del data
     else:
         body = BodyCropSettings() if args.worker == "chunked_crop" else None
-        chunk_mm = args.chunk_mm if args.chunk_mm == "auto" else float(args.chunk_mm)
-        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.overlap_mm, args.max_ram_gb), body)
-        print(json.dumps({"layout": chunked.layout_for(sitk.ReadImage(args.ct))[1]}), file=sys.stderr)
-        image = sitk.ReadImage(args.ct)
+        chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
         labels = chunked.predict_image(image)
-        seg = sitk.GetImageFromArray(labels)
-        seg.CopyInformation(image)
-        write_image_atomic(seg, args.out)
-    print(json.dumps({"mode": args.worker, "seconds": time.perf_counter() - t, "peak_rss_gb": peak_rss_gb()}))
+        info = {"chunks": len(chunked.last_chunks), "base_rss_gb": chunked.base_gb,
+                "estimate_gb": getattr(chunked, "last_estimate_gb", None)}
+    seconds = time.perf_counter() - t
+    np.save(args.out, labels)
+    print(json.dumps({"mode": args.worker, "seconds": seconds, "peak_rss_gb": peak_rss_gb(), **info}))
 
 
-def dice_per_label(a, b, labels) -> dict:
+def dice_per_label(a, b) -> dict:
     import numpy as np
 
     out = {}
-    for name, lab in labels.items():
+    for lab in np.union1d(np.unique(a), np.unique(b)):
         if lab == 0:
             continue
         x, y = a == lab, b == lab
-        total = int(x.sum() + y.sum())
-        if total:
-            out[name] = float(2 * np.count_nonzero(x & y) / total)
+        out[int(lab)] = float(2 * np.count_nonzero(x & y) / (x.sum() + y.sum()))
     return out
+
+
+def run_scan(ct: str, args, tmp: Path) -> dict:
+    import numpy as np
+
+    results, segs = {}, {}
+    for mode in args.modes:
+        out = str(tmp / f"{mode}.npy")
+        cmd = [sys.executable, __file__, "--worker", mode, "--ct", ct, "--out", out, "--device", args.device,
+               "--chunk_mm", str(args.chunk_mm), "--standin_spacing", str(args.standin_spacing)]
+        if args.model:
+            cmd += ["--model", args.model]
+        if args.max_ram_gb:
+            cmd += ["--max_ram_gb", str(args.max_ram_gb)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            results[mode] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+            print(f"  {mode}: {results[mode]['error']}", flush=True)
+            continue
+        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        segs[mode] = np.load(out)
+        print(f"  {json.dumps(results[mode])}", flush=True)
+    if "whole" in segs:
+        for mode in segs:
+            if mode == "whole":
+                continue
+            r = results[mode]
+            r["same_label_fraction"] = float(np.mean(segs[mode] == segs["whole"]))
+            r["dice_vs_whole"] = dice_per_label(segs[mode], segs["whole"])
+            r["min_dice_vs_whole"] = min(r["dice_vs_whole"].values(), default=1.0)
+            r["rss_ratio"] = r["peak_rss_gb"] / results["whole"]["peak_rss_gb"]
+            r["time_ratio"] = r["seconds"] / results["whole"]["seconds"]
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ct", default=None, help="CT file (default: the 512 x 512 x 600 phantom)")
-    parser.add_argument("--model", default=DEMO_MODEL)
+    parser.add_argument("--ct", nargs="*", default=[], help="CT files to run besides the phantoms")
+    parser.add_argument("--lengths", nargs="*", type=int, default=[160, 320, 640],
+                        help="phantom lengths in slices (0.8 x 0.8 x 1.5 mm)")
+    parser.add_argument("--size", type=int, default=525, help="phantom in-plane size (default 525)")
+    parser.add_argument("--model", default=None, help="trained nnU-Net model folder (default: the stand-in)")
+    parser.add_argument("--standin_spacing", type=float, default=1.5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--chunk_mm", default="auto", help="mm, or 'auto' (the predict command's default)")
-    parser.add_argument("--overlap_mm", type=float, default=50.0)
+    parser.add_argument("--chunk_mm", default="auto", help="mm, 'auto' (the command's default) or 0")
     parser.add_argument("--max_ram_gb", type=float, default=None)
-    parser.add_argument("--noise_floor", action="store_true")
     parser.add_argument("--modes", nargs="+", default=["whole", "chunked", "chunked_crop"])
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        args.ct = args.ct[0]
         return worker(args)
 
-    import numpy as np
-    import SimpleITK as sitk
-
-    if not Path(args.model, "fold_0").is_dir():
-        sys.exit(f"no trained model in {args.model}: run the README demo first, or pass --model")
+    table = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ct = args.ct
-        if ct is None:
-            ct = str(tmp / "phantom_0000.nii.gz")
-            make_phantom(Path(ct))
-        image = sitk.ReadImage(ct)
-        print(f"CT {ct}: size {image.GetSize()}, spacing {tuple(round(s, 3) for s in image.GetSpacing())}")
-        labels = json.loads(Path(args.model, "dataset.json").read_text())["labels"]
-        modes = args.modes + (["whole_minus_one"] if args.noise_floor else [])
-        results, segs = {}, {}
-        for mode in modes:
-            out = str(tmp / f"{mode}.nii.gz")
-            cmd = [sys.executable, __file__, "--worker", mode, "--ct", ct, "--out", out, "--model", args.model,
-                   "--device", args.device, "--chunk_mm", str(args.chunk_mm), "--overlap_mm", str(args.overlap_mm)]
-            if args.max_ram_gb:
-                cmd += ["--max_ram_gb", str(args.max_ram_gb)]
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[mode]["process_wall_s"] = time.perf_counter() - t
-            segs[mode] = sitk.GetArrayFromImage(sitk.ReadImage(out))
-            print(json.dumps(results[mode]), flush=True)
-        if "whole" in segs:
-            for mode in modes:
-                if mode == "whole":
-                    continue
-                ref = segs["whole"][:-1] if mode == "whole_minus_one" else segs["whole"]
-                agreement = dice_per_label(segs[mode], ref, labels)
-                results[mode]["dice_vs_whole"] = agreement
-                results[mode]["mean_dice_vs_whole"] = float(np.mean(list(agreement.values())))
-                results[mode]["rss_ratio"] = results[mode]["peak_rss_gb"] / results["whole"]["peak_rss_gb"]
-                results[mode]["time_ratio"] = results[mode]["seconds"] / results["whole"]["seconds"]
-        print(json.dumps(results, indent=2))
+        scans = [(f"phantom {args.size}x{args.size}x{n}", str(tmp / f"phantom_{n}.nii.gz"), n) for n in args.lengths]
+        scans += [(Path(c).name, c, None) for c in args.ct]
+        for name, path, n in scans:
+            if n is not None:
+                make_phantom(Path(path), n, args.size)
+            print(name, flush=True)
+            results = run_scan(path, args, tmp)
+            table.append((name, results))
+    print("\n| scan | mode | s | peak RSS GB | RSS ratio | time ratio | same labels | min Dice vs whole | chunks |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, results in table:
         for mode, r in results.items():
-            extra = ""
-            if "rss_ratio" in r:
-                extra = (f"  RSS ratio {r['rss_ratio']:.2f}, time ratio {r['time_ratio']:.2f}, "
-                         f"mean Dice vs whole {r['mean_dice_vs_whole']:.4f}")
-            print(f"{mode:16s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_gb']:.2f} GB{extra}")
+            if "error" in r:
+                print(f"| {name} | {mode} | error: {r['error']} | | | | | | |")
+                continue
+            ratio = (f"{r['rss_ratio']:.2f} | {r['time_ratio']:.2f} | {r['same_label_fraction']:.6f} | "
+                     f"{r['min_dice_vs_whole']:.4f}") if "rss_ratio" in r else " | | | "
+            print(f"| {name} | {mode} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {ratio} | "
+                  f"{r.get('chunks', '')} |")
 
 
 if __name__ == "__main__":

@@ -343,8 +343,8 @@ class ChunkedPredictor:
         """Cropped slices [a, b) along transposed axis ``k``, transposed and normalised: float32 (1, ...)."""
         index = [slice(*bbox_t[tf.index(j)]) for j in range(3)]
         index[axial] = slice(bbox_t[k][0] + a, bbox_t[k][0] + b)
-        block = np.asarray(hu[tuple(index)], dtype=np.float32).transpose(tf)[None].copy()
-        return self._normalize(block)
+        block = np.asarray(hu[tuple(index)], dtype=np.float32)  # a new array: normalised in place
+        return self._normalize(block.transpose(tf)[None])
 
     def _network_input(self, hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi):
         """Preprocessed (1, ...) network input of padded slices [lo, hi) along transposed axis ``k``."""
@@ -462,8 +462,8 @@ class ChunkedPredictor:
         Terms: the process before the case (measured with the model on its device); the CT and its labels
         (``volume_bytes``); per fold the half-precision logit and weight sums of a chunk and its carried
         rows; the fold-averaged logits kept for export; and the largest of (a) preprocessing a chunk (the
-        original slab as float32 twice, three float64 copies for the spline prefilter, two float64 arrays
-        of the partly resampled chunk, the float32 network input), (b) the network input and a tile's
+        original slab as float32 and its prefiltered float64 copy, three float64 arrays of the partly
+        resampled chunk, the float32 network input), (b) the network input and a tile's
         activations, (c) exporting one class (float64 network and original slabs, float16 results, the
         running maximum and its class).
         """
@@ -479,7 +479,7 @@ class ChunkedPredictor:
         sums = folds * (n_classes + 1) * 2.0 * carried * plane_net
         final = n_classes * 2.0 * carried * plane_net
         data = 4.0 * length * plane_net
-        prep = 8.0 * orig + 24.0 * orig + 16.0 * length * ratio * max(plane_orig, plane_net) + data
+        prep = 12.0 * orig + 24.0 * length * max(plane_orig, plane_net) + data
         features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
                     or [32])[0]
         activations = 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)

@@ -8,13 +8,15 @@ from pathlib import Path
 def predict_chunked_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nnunet_ctorg_predict_chunked",
-        description="Segment CTs of any length within a fixed RAM budget with a trained nnU-Net model. Each CT is "
-                    "cut into overlapping chunks along its cranio-caudal axis; every chunk goes through nnU-Net's "
-                    "own preprocessing, sliding window, TTA and folds; class probabilities are blended across the "
-                    "overlaps (linear ramp) before the argmax, so there are no hard cuts. No whole-scan float "
-                    "array is allocated. Flags follow nnUNetv2_predict.")
-    parser.add_argument("-i", required=True, help="input folder of CTs (CASE_0000.nii.gz as nnU-Net, or CASE.nii.gz)")
-    parser.add_argument("-o", required=True, help="output folder (CASE.nii.gz, dataset.json, plans.json, summary)")
+        description="Segment CTs of any length within a RAM budget with a trained nnU-Net model, with the labels "
+                    "nnUNetv2_predict gives. Each CT is processed in chunks along its cranio-caudal axis: nnU-Net's "
+                    "preprocessing and resampling at the whole scan's sample positions, nnU-Net's sliding-window "
+                    "tile grid of the whole scan run in chunks of tile rows (sums carried between chunks), TTA and "
+                    "folds as nnU-Net; no whole-scan float array is allocated. Flags follow nnUNetv2_predict.")
+    parser.add_argument("-i", required=True, help="input folder of CTs with the model's file_ending (CASE_0000.nii.gz "
+                        "as nnU-Net, or CASE.nii.gz; both for one case is an error)")
+    parser.add_argument("-o", required=True, help="output folder (CASE<file_ending>, dataset.json, plans.json, "
+                        "summary)")
     parser.add_argument("-d", default=None, help="dataset name or id of the trained model (with -tr -p -c)")
     parser.add_argument("-m", default=None, help="model folder instead of -d/-tr/-p/-c (the folder with fold_X)")
     parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
@@ -37,16 +39,17 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (default 1)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0..num_parts-1)")
     parser.add_argument("--chunk_mm", type=float, default=None,
-                        help="chunk length along the cranio-caudal axis in mm (default: 300, but at least the "
-                             "network's patch plus the overlap; shorter chunks lose context and are warned about); "
-                             "0 = from --max_ram_gb alone, or the whole scan")
-    parser.add_argument("--overlap_mm", type=float, default=50.0,
-                        help="overlap of neighbouring chunks in mm, blended (default 50, as paper 001)")
+                        help="chunk length along the cranio-caudal axis in mm of the network grid, rounded to whole "
+                             "rows of sliding-window tiles (default 300, or less if --max_ram_gb needs it); 0 = from "
+                             "--max_ram_gb alone, or the whole scan. The labels do not depend on it")
     parser.add_argument("--max_ram_gb", type=float, default=None,
-                        help="RAM budget: the chunk length is chosen so that the estimated peak stays below it "
-                             "(shorter than --chunk_mm if needed); an error if the budget is too small")
+                        help="RAM budget: the chunk length is chosen so that the estimated peak (model, CT, labels, "
+                             "chunk) stays below it; an error saying how much is needed if even one row of tiles "
+                             "does not fit")
     parser.add_argument("--body_crop", action="store_true",
-                        help="crop every chunk in-plane to the body contour (table, blankets and air go; faster)")
+                        help="predict only inside one box around the body (found once on a 4 mm copy of the scan; "
+                             "table, blankets and air go; never smaller than the network's patch; outside = "
+                             "background; faster, labels close to but not exactly nnU-Net's)")
     parser.add_argument("--body_margin_mm", type=float, default=10.0, help="margin around the body in mm (default 10)")
     parser.add_argument("--postprocess", action="store_true",
                         help="organ-aware cleanup of the labels (nnunet_ctorg_postprocess's default rules)")
@@ -69,7 +72,7 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
 
             model = Path(get_output_folder(args.d, args.tr, args.p, args.c))
         chunk_mm = "auto" if args.chunk_mm is None else (args.chunk_mm or None)
-        chunks = ChunkSettings(chunk_mm=chunk_mm, overlap_mm=args.overlap_mm, max_ram_gb=args.max_ram_gb)
+        chunks = ChunkSettings(chunk_mm=chunk_mm, max_ram_gb=args.max_ram_gb)
         body = BodyCropSettings(margin_mm=args.body_margin_mm) if args.body_crop else None
         folds = None if args.f == ["auto"] else args.f
         if args.device == "cuda":

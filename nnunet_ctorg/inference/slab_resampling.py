@@ -80,10 +80,16 @@ def resample_axis(x: np.ndarray, axis: int, coords: np.ndarray, order: int) -> n
     from scipy import ndimage
 
     coords = np.asarray(coords, dtype=np.float64)
-    if order > 1:
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (SCIPY_PREFILTER_PAD, SCIPY_PREFILTER_PAD)
-        x = ndimage.spline_filter1d(np.pad(x, pad, mode="edge"), order, axis=axis, output=np.float64, mode="nearest")
+    if order > 1:  # edge-padded float64 copy, prefiltered in place: one float64 array of the input
+        n = x.shape[axis]
+        shape = list(x.shape)
+        shape[axis] = n + 2 * SCIPY_PREFILTER_PAD
+        padded = np.empty(shape, np.float64)
+        dst, src = np.moveaxis(padded, axis, 0), np.moveaxis(x, axis, 0)
+        dst[SCIPY_PREFILTER_PAD:SCIPY_PREFILTER_PAD + n] = src
+        dst[:SCIPY_PREFILTER_PAD] = src[:1]
+        dst[SCIPY_PREFILTER_PAD + n:] = src[-1:]
+        x = ndimage.spline_filter1d(padded, order, axis=axis, output=padded, mode="nearest")
         coords = coords + SCIPY_PREFILTER_PAD
     src = np.moveaxis(x, axis, 0)
     out = np.empty((len(coords), *src.shape[1:]), dtype=np.float64)
@@ -190,9 +196,10 @@ class SlabResampler:
         if slab_start > a or slab_start + slab.shape[self.axis] < b:
             raise ValueError(f"slab {slab_start}..{slab_start + slab.shape[self.axis]} does not contain the input "
                              f"slices {a}..{b} that outputs {lo}..{hi} need")
-        x = np.asarray(slab, dtype=np.float64)
-        if self.sigma is not None:
-            x = self._smooth(x)
+        # float64 only where scipy computes in float64; the first spline step makes its own float64 copy
+        x = slab if self.sigma is None else self._smooth(slab)
+        if self._order(self.axis) <= 1 or self.in_shape[self.axis] == self.out_shape[self.axis]:
+            x = np.asarray(x, dtype=np.float64)
         s = self.separate_axis
         # the slab axis first (the only one not whole), then the others in scipy's order
         order_of_axes = [self.axis] + [k for k in range(3) if k != self.axis]
@@ -205,7 +212,8 @@ class SlabResampler:
             # scikit-image clips each in-plane slice to that input slice's own range
             other = tuple(k for k in range(3) if k != s)
             if s == self.axis or clip is None:
-                smin, smax = np.min(x, axis=other), np.max(x, axis=other)
+                smin = np.min(x, axis=other).astype(np.float64)
+                smax = np.max(x, axis=other).astype(np.float64)
             else:  # the slices span the whole scan along the slab axis: their ranges come from a pre-pass
                 smin, smax = np.asarray(clip[0], np.float64), np.asarray(clip[1], np.float64)
             for k in order_of_axes:
@@ -221,11 +229,11 @@ class SlabResampler:
         """The anti-aliasing Gaussian, in float32 axis by axis as ``scipy.ndimage.gaussian_filter`` does it."""
         from scipy import ndimage
 
-        out = x.astype(np.float32)
+        out = np.array(x, dtype=np.float32)
         for k in range(3):
             if self.sigma[k] > 0:
                 ndimage.gaussian_filter1d(out, float(self.sigma[k]), axis=k, output=out, mode="nearest", truncate=4.0)
-        return out.astype(np.float64)
+        return out
 
     def _along(self, x: np.ndarray, k: int, slab_start: int, lo: int, hi: int) -> np.ndarray:
         """Resize axis ``k`` of ``x``; along the slab axis only output slices [lo, hi)."""
