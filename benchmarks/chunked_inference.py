@@ -11,8 +11,8 @@ Scans: head-to-knee phantoms with a table at 0.8 x 0.8 x 1.5 mm, ``--size`` in-p
 ``--lengths`` slices (default 160 320 640; longer ones repeat the phantom), and ``--ct`` files (e.g. the
 real CT of ../shared). Model: ``--model FOLDER`` (a trained nnU-Net model, fold 0), or by default the
 deterministic stand-in network of tests/inference/standin.py with nnU-Net plans at ``--standin_spacing``
-(default 1.5 mm isotropic, patch 64^3): real nnU-Net preprocessing, sliding window and export with a fixed
-convolutional network, so the numbers measure the pipeline, not a model.
+(default 1.5 mm isotropic, patch 64^3, ``--standin_classes`` 4): real nnU-Net preprocessing, sliding
+window and export with a fixed convolutional network, so the numbers measure the pipeline, not a model.
 
     python benchmarks/chunked_inference.py [--lengths 160 320 640 1280] [--ct FILE] [--model FOLDER] \
         [--max_ram_gb 4] [--modes whole chunked chunked_crop]
@@ -62,7 +62,7 @@ def load(args):
     from tests.inference.standin import standin_plans, standin_predictor
 
     s = args.standin_spacing
-    return standin_predictor(standin_plans(spacing=(s, s, s), patch=(64, 64, 64)))
+    return standin_predictor(standin_plans(spacing=(s, s, s), patch=(64, 64, 64)), n_classes=args.standin_classes)
 
 
 def worker(args) -> None:
@@ -114,7 +114,8 @@ def run_scan(ct: str, args, tmp: Path) -> dict:
     for mode in args.modes:
         out = str(tmp / f"{mode}.npy")
         cmd = [sys.executable, __file__, "--worker", mode, "--ct", ct, "--out", out, "--device", args.device,
-               "--chunk_mm", str(args.chunk_mm), "--standin_spacing", str(args.standin_spacing)]
+               "--chunk_mm", str(args.chunk_mm), "--standin_spacing", str(args.standin_spacing),
+               "--standin_classes", str(args.standin_classes)]
         if args.model:
             cmd += ["--model", args.model]
         if args.max_ram_gb:
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=525, help="phantom in-plane size (default 525)")
     parser.add_argument("--model", default=None, help="trained nnU-Net model folder (default: the stand-in)")
     parser.add_argument("--standin_spacing", type=float, default=1.5)
+    parser.add_argument("--standin_classes", type=int, default=4, help="classes of the stand-in network")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk_mm", default="auto", help="mm, 'auto' (the command's default) or 0")
     parser.add_argument("--max_ram_gb", type=float, default=None)

@@ -52,7 +52,8 @@ def standin_network(n_classes: int = 4, seed: int = 0, two_d: bool = False):
     return net.eval()
 
 
-def standin_predictor(plans: dict | None = None, folds: int = 1, mirroring: bool = False, step_size: float = 0.5):
+def standin_predictor(plans: dict | None = None, folds: int = 1, mirroring: bool = False, step_size: float = 0.5,
+                      n_classes: int = len(LABELS)):
     """An ``nnUNetPredictor`` on the CPU with the stand-in network and ``folds`` different parameter sets."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -62,12 +63,13 @@ def standin_predictor(plans: dict | None = None, folds: int = 1, mirroring: bool
     pm = PlansManager(plans)
     cm = pm.get_configuration("3d")
     two_d = len(cm.patch_size) == 2
-    net = standin_network(len(LABELS), 0, two_d)
-    parameters = [standin_network(len(LABELS), f, two_d).state_dict() for f in range(folds)]
+    labels = LABELS if n_classes == len(LABELS) else {"background": 0, **{f"class{i}": i for i in range(1, n_classes)}}
+    net = standin_network(n_classes, 0, two_d)
+    parameters = [standin_network(n_classes, f, two_d).state_dict() for f in range(folds)]
     predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
                                 allow_tqdm=False)
-    predictor.manual_initialization(net, pm, cm, parameters, {"labels": LABELS, "channel_names": {"0": "CT"},
+    predictor.manual_initialization(net, pm, cm, parameters, {"labels": labels, "channel_names": {"0": "CT"},
                                                               "file_ending": ".nii.gz", "numTraining": 1},
                                     "nnUNetTrainer", (0, 1, 2) if not two_d else (0, 1))
     return predictor

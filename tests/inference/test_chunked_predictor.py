@@ -232,7 +232,7 @@ def tiny_model(module_nnunet_env):
 
 
 @pytest.mark.slow
-def test_one_chunk_is_exactly_nnunets_prediction(tiny_model):
+def test_one_chunk_and_many_are_exactly_nnunets_prediction(tiny_model):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnunet_ctorg.inference.chunked_predictor import load_predictor
@@ -242,11 +242,14 @@ def test_one_chunk_is_exactly_nnunets_prediction(tiny_model):
     image = ph.to_sitk(ph.ct)
     predictor = load_predictor(tiny_model, [0], use_mirroring=False)
     ours = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None)).predict_image(image)
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=100))
+    in_chunks = chunked.predict_image(image)
+    assert len(chunked.last_chunks) > 1
     path = tiny_model.parent / "one_case_0000.nii.gz"
     sitk.WriteImage(image, str(path))
     data, props = SimpleITKIO().read_images([str(path)])
     theirs = predictor.predict_single_npy_array(data, props)
-    assert np.array_equal(ours, theirs)
+    assert np.array_equal(ours, theirs) and np.array_equal(in_chunks, theirs)
     with pytest.raises(FileNotFoundError, match=r"no checkpoint_final.pth for fold\(s\) 3 \(available: 0\)"):
         load_predictor(tiny_model, [0, 3])
 
