@@ -73,10 +73,15 @@ def worker(args) -> None:
     from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, peak_rss_gb, read_ct_compact
 
     predictor = load(args)
+    chunked = None
+    if args.worker != "whole":  # as the command: the predictor (and its base RSS) before the case is read
+        body = BodyCropSettings() if args.worker == "chunked_crop" else None
+        chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
     image = read_ct_compact(Path(args.ct), "benchmark")
     t = time.perf_counter()
     info = {}
-    if args.worker == "whole":
+    if chunked is None:
         from nnunet_ctorg.planning.antialiasing import with_antialiasing
 
         predictor.configuration_manager = with_antialiasing(predictor.configuration_manager)
@@ -84,9 +89,6 @@ def worker(args) -> None:
         labels = predictor.predict_single_npy_array(data, {"spacing": list(image.GetSpacing()[::-1])})
         del data
     else:
-        body = BodyCropSettings() if args.worker == "chunked_crop" else None
-        chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
-        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
         labels = chunked.predict_image(image)
         info = {"chunks": len(chunked.last_chunks), "base_rss_gb": chunked.base_gb,
                 "estimate_gb": getattr(chunked, "last_estimate_gb", None)}

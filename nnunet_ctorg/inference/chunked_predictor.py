@@ -462,10 +462,10 @@ class ChunkedPredictor:
         Terms: the process before the case (measured with the model on its device); the CT and its labels
         (``volume_bytes``); per fold the half-precision logit and weight sums of a chunk and its carried
         rows; the fold-averaged logits kept for export; and the largest of (a) preprocessing a chunk (the
-        original slab as float32 and its prefiltered float64 copy, three float64 arrays of the partly
-        resampled chunk, the float32 network input), (b) the network input and a tile's
-        activations, (c) exporting one class (float64 network and original slabs, float16 results, the
-        running maximum and its class).
+        original slab as float32, then its prefiltered float64 copy and the chunk after the first step, or
+        three float64 arrays of the partly resampled chunk; the float32 network input), (b) the network
+        input and a tile's activations, (c) exporting one class (float64 network and original slabs,
+        float16 results, the running maximum and its class).
         """
         p = self.predictor
         cm = p.configuration_manager
@@ -479,7 +479,8 @@ class ChunkedPredictor:
         sums = folds * (n_classes + 1) * 2.0 * carried * plane_net
         final = n_classes * 2.0 * carried * plane_net
         data = 4.0 * length * plane_net
-        prep = 12.0 * orig + 24.0 * length * max(plane_orig, plane_net) + data
+        partly = length * max(plane_orig, plane_net)  # the chunk after its first (cranio-caudal) resampling step
+        prep = 4.0 * orig + max(8.0 * orig + 8.0 * partly, 24.0 * partly) + data
         features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
                     or [32])[0]
         activations = 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)
