@@ -37,6 +37,23 @@ class BodyCropSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
+def filled_slices(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis: int,
+                  settings: BodyCropSettings) -> np.ndarray:
+    """Voxels in ``[low_hu, high_hu]``, holes filled and islands under ``min_island_mm2`` removed per axial slice."""
+    import cc3d
+    import fill_voids
+
+    mask = (hu >= settings.low_hu) & (hu <= settings.high_hu)
+    in_plane = [s for a, s in enumerate(spacing) if a != axial_axis]
+    min_pixels = int(np.ceil(settings.min_island_mm2 / (in_plane[0] * in_plane[1])))
+    m = np.moveaxis(mask, axial_axis, 0)  # a view: slices are written into ``mask``
+    for z in range(m.shape[0]):
+        if m[z].any():
+            filled = fill_voids.fill(m[z], in_place=False)
+            m[z] = cc3d.dust(filled, threshold=min_pixels, connectivity=8) if min_pixels > 1 else filled
+    return mask
+
+
 def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis: int = 0, ap_axis: int = 1,
                  settings: BodyCropSettings = BodyCropSettings()) -> np.ndarray:
     """Boolean body mask of a 3-D CT in HU; ``spacing`` per array axis in mm.
@@ -46,20 +63,12 @@ def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis
     """
     import cc3d
     import edt
-    import fill_voids
 
     if hu.ndim != 3:
         raise ValueError(f"body contour needs a 3-D volume, got shape {hu.shape}")
     if axial_axis == ap_axis or {axial_axis, ap_axis} - {0, 1, 2}:
         raise ValueError(f"axial_axis and ap_axis must be two different axes of 0..2, got {axial_axis}, {ap_axis}")
-    mask = (hu >= settings.low_hu) & (hu <= settings.high_hu)
-    in_plane = [s for a, s in enumerate(spacing) if a != axial_axis]
-    min_pixels = int(np.ceil(settings.min_island_mm2 / (in_plane[0] * in_plane[1])))
-    m = np.moveaxis(mask, axial_axis, 0)  # a view: slices are written into ``mask``
-    for z in range(m.shape[0]):
-        if m[z].any():
-            filled = fill_voids.fill(m[z], in_place=False)
-            m[z] = cc3d.dust(filled, threshold=min_pixels, connectivity=8) if min_pixels > 1 else filled
+    mask = filled_slices(hu, spacing, axial_axis, settings)
     if not mask.any():
         return mask
     components, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
