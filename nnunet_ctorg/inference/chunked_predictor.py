@@ -74,7 +74,8 @@ class ScanStatistics:
     """What the whole scan contributes to nnU-Net's per-case preprocessing, gathered slab by slab.
 
     ``bbox``: nnU-Net's crop to non-zero voxels, per array axis; ``low``/``high``: per array axis, the
-    minimum/maximum of every index (``low[a][i]`` = min over the slice ``i`` across axis ``a``).
+    minimum/maximum of every index inside that crop (``low[a][i]`` = min over the cropped slice ``i``
+    across axis ``a``; ``inf``/``-inf`` outside the crop).
     """
 
     bbox: list[tuple[int, int]]
@@ -82,30 +83,41 @@ class ScanStatistics:
     high: list[np.ndarray]
 
 
+def _slabs(shape, axis: int, slab: int, box=None):
+    """(index along ``axis``, block index) of consecutive slabs of ``slab`` slices, inside ``box`` if given."""
+    box = box or [(0, n) for n in shape]
+    for start in range(box[axis][0], box[axis][1], slab):
+        index = [slice(*b) for b in box]
+        index[axis] = slice(start, min(start + slab, box[axis][1]))
+        yield index[axis], tuple(index)
+
+
 def scan_statistics(hu: np.ndarray, axis: int, slab: int = 16) -> ScanStatistics:
-    """:class:`ScanStatistics` of a 3-D array, reading ``slab`` slices along ``axis`` at a time."""
-    n = hu.shape[axis]
-    low = [np.full(s, np.inf) for s in hu.shape]
-    high = [np.full(s, -np.inf) for s in hu.shape]
+    """:class:`ScanStatistics` of a 3-D array, reading ``slab`` slices along ``axis`` at a time (two passes)."""
     nonzero = [np.zeros(s, bool) for s in hu.shape]
-    for start in range(0, n, slab):
-        index = [slice(None)] * 3
-        index[axis] = slice(start, min(start + slab, n))
-        block = np.asarray(hu[tuple(index)])
-        nz = block != 0
+    for along, index in _slabs(hu.shape, axis, slab):
+        nz = np.asarray(hu[index]) != 0
         for a in range(3):
-            other = tuple(b for b in range(3) if b != a)
-            lo, hi, any_nz = block.min(axis=other), block.max(axis=other), nz.any(axis=other)
+            any_nz = nz.any(axis=tuple(b for b in range(3) if b != a))
             if a == axis:
-                low[a][index[axis]], high[a][index[axis]], nonzero[a][index[axis]] = lo, hi, any_nz
+                nonzero[a][along] = any_nz
             else:
-                np.minimum(low[a], lo, out=low[a])
-                np.maximum(high[a], hi, out=high[a])
                 nonzero[a] |= any_nz
     bbox = []
     for a in range(3):
         hit = np.flatnonzero(nonzero[a])
         bbox.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, hu.shape[a]))
+    # the extremes of nnU-Net's cropped image: zeros outside the crop do not count
+    low = [np.full(s, np.inf) for s in hu.shape]
+    high = [np.full(s, -np.inf) for s in hu.shape]
+    for along, index in _slabs(hu.shape, axis, slab, bbox):
+        block = np.asarray(hu[index])
+        for a in range(3):
+            other = tuple(b for b in range(3) if b != a)
+            lo, hi = block.min(axis=other), block.max(axis=other)
+            at = along if a == axis else slice(*bbox[a])
+            np.minimum(low[a][at], lo, out=low[a][at])
+            np.maximum(high[a][at], hi, out=high[a][at])
     return ScanStatistics(bbox, low, high)
 
 
@@ -139,6 +151,11 @@ class ChunkedPredictor:
                              f"predictor takes single-channel CT models")
         self.data_resampling = resampling_kind(cm.configuration, "data")
         self.export_resampling = resampling_kind(cm.configuration, "probabilities")
+        if max(self.export_resampling["order"], self.export_resampling["order_z"]) > 1:
+            # scikit-image clips a spline of order > 1 to the whole input's range, known only at the end
+            raise ValueError(f"the plans resample probabilities with spline order "
+                             f"{self.export_resampling['order']} (order_z {self.export_resampling['order_z']}); "
+                             f"chunked prediction exports nnU-Net's default linear resampling (order <= 1) only")
         self.preprocessor = cm.preprocessor_class(verbose=False)
         predictor.network.to(predictor.device)
         self.base_gb = current_rss_gb()  # with the model on its device
@@ -196,7 +213,9 @@ class ChunkedPredictor:
         """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``.
 
         ``volume_bytes``: what the case holds outside the chunks (default: ``hu``, ``out`` and a label
-        image); the RAM budget counts it. The chunks used are left in ``self.last_chunks`` (tile rows).
+        image); the RAM budget counts it. The chunks used are left in ``self.last_chunks`` (tile rows), the
+        clip range of the image resampling (normalised; ``None`` where no clip reaches across chunks) in
+        ``self.last_clip_range``.
         """
         import torch
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -216,6 +235,7 @@ class ChunkedPredictor:
         data_rs = SlabResampler(crop_t, net, spacing_t, target, k, self.data_resampling, self._sigma(spacing_t, target))
         export_rs = SlabResampler(net, crop_t, target, spacing_t, k, self.export_resampling)
         clip = self._clip_ranges(hu, stats, bbox_t, tf, axial, data_rs)
+        self.last_clip_range = clip
 
         # nnU-Net pads the network-grid image to at least the patch (centred, with 0)
         patch = list(cm.patch_size)
@@ -309,7 +329,7 @@ class ChunkedPredictor:
         if data_rs.sigma is not None:
             return self._smoothed_ranges(hu, bbox_t, tf, axial, data_rs)
         if s is None:
-            values = np.array([min(stats.low[0]), max(stats.high[0])], np.float32)
+            values = np.array([stats.low[0].min(), stats.high[0].max()], np.float32)
             lo, hi = self._normalize(values[None])[0]
             return float(lo), float(hi)
         a, sl = tf[s], slice(*bbox_t[s])
@@ -395,6 +415,8 @@ class ChunkedPredictor:
         import torch
 
         start = (final_lo + final.shape[k + 1]) if final is not None else acc_lo
+        if start < acc_lo:
+            raise RuntimeError(f"slices from {start} on are not complete but only those from {acc_lo} are still summed")
         if done <= start:
             return final, final_lo
         index = [slice(None)] * 4

@@ -72,6 +72,67 @@ def test_nnunets_crop_to_nonzero_voxels_is_the_whole_scans(real_ct_6mm):
     assert not labels[:10].any() and not labels[:, :, :3].any()
 
 
+def _framed_dense_ct(real_ct):
+    """The real CT with everything below 100 HU raised to 100, inside a frame of exact zeros.
+
+    0 is outside the body's value range, so a clip range taken over the whole array (zeros included)
+    instead of nnU-Net's crop to non-zero voxels is wrong.
+    """
+    hu = sitk.GetArrayFromImage(real_ct)
+    framed = np.zeros_like(hu)
+    framed[6:100, 4:46, 3:57] = np.maximum(hu[6:100, 4:46, 3:57], 100)
+    image = sitk.GetImageFromArray(framed)
+    image.CopyInformation(real_ct)
+    return image
+
+
+CLIP_CASES = {
+    "3-D cubic": standin_plans(spacing=(2.5, 5.0, 5.0), patch=(32, 16, 16)),
+    # the low-resolution axis across the chunk axis: per-slice ranges of slices that span every chunk
+    "separate x": standin_plans(spacing=(3.0, 5.0, 16.0), patch=(24, 16, 8)),
+    "anti-aliased": standin_plans(spacing=(6.0, 9.0, 9.0), patch=(16, 8, 8), antialiasing=1 / 3),
+    "anti-aliased, separate x": standin_plans(spacing=(6.0, 9.0, 24.0), patch=(16, 8, 8), antialiasing=1 / 3),
+}
+
+
+@pytest.mark.parametrize("case", list(CLIP_CASES))
+def test_clip_range_is_that_of_nnunets_resampling_input(real_ct_6mm, case):
+    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+
+    from nnunet_ctorg.planning.antialiasing import smooth_for_downsampling
+
+    image = _framed_dense_ct(real_ct_6mm)
+    predictor = standin_predictor(CLIP_CASES[case])
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=40))
+    labels = chunked.predict_image(image)
+    assert np.array_equal(labels, nnunet_labels(predictor, image))
+    # what scikit-image's resize sees in nnU-Net: the cropped, normalised (and smoothed) image
+    cropped = crop_to_nonzero(sitk.GetArrayFromImage(image).astype(np.float32)[None])[0]
+    normalised = chunked._normalize(cropped)
+    spacing, target = real_ct_6mm.GetSpacing()[::-1], predictor.configuration_manager.spacing
+    if "anti-aliased" in case:
+        normalised = smooth_for_downsampling(normalised, spacing, target, 1 / 3)
+    low, high = chunked.last_clip_range
+    if "separate x" in case:
+        np.testing.assert_allclose(low, normalised[0].min(axis=(0, 1)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(high, normalised[0].max(axis=(0, 1)), rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_allclose([low, high], [normalised.min(), normalised.max()], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("box", [(slice(None), slice(20, 32), slice(22, 34)),
+                                 (slice(50, 62), slice(None), slice(None))],
+                         ids=["in-plane smaller than the patch", "fewer slices than the patch"])
+def test_scans_smaller_than_the_patch_are_padded_as_nnunet_pads(real_ct_6mm, box):
+    hu = sitk.GetArrayFromImage(real_ct_6mm)[box]
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing(real_ct_6mm.GetSpacing())
+    predictor = standin_predictor(standin_plans(spacing=(3.0, 6.0, 6.0), patch=(24, 16, 16)))
+    reference = nnunet_labels(predictor, image)
+    assert len(np.unique(reference)) > 1
+    assert np.array_equal(ChunkedPredictor(predictor, ChunkSettings(chunk_mm=30)).predict_image(image), reference)
+
+
 def test_refusals_name_the_reason():
     plans = standin_plans(normalization="ZScoreNormalization")
     with pytest.raises(ValueError, match="ZScoreNormalization, which depends on the whole image"):
@@ -83,6 +144,10 @@ def test_refusals_name_the_reason():
     plans = standin_plans()
     plans["configurations"]["3d"]["resampling_fn_data"] = "resample_torch_fornnunet"
     with pytest.raises(ValueError, match="resample_torch_fornnunet"):
+        ChunkedPredictor(standin_predictor(plans))
+    plans = standin_plans()
+    plans["configurations"]["3d"]["resampling_fn_probabilities_kwargs"]["order"] = 3
+    with pytest.raises(ValueError, match="spline order 3"):
         ChunkedPredictor(standin_predictor(plans))
     with pytest.raises(ValueError, match="max_ram_gb must be > 0"):
         ChunkSettings(max_ram_gb=0)
