@@ -184,34 +184,23 @@ class ChunkedPredictor:
         hu = sitk.GetArrayViewFromImage(image)
         spacing = image.GetSpacing()[::-1]
         labels = np.zeros(hu.shape, dtype=np.uint8 if self.n_classes <= 256 else np.uint16)
-        box = tuple(slice(None) for _ in range(3))
+        box = None
         if self.body_crop is not None:
             from nnunet_ctorg.inference.body_crop import body_crop_box
 
-            box = body_crop_box(hu, spacing, axial, ap, self.body_crop, self.min_box_mm(), what)
+            box = body_crop_box(hu, spacing, axial, ap, self.body_crop, (0.0, 0.0, 0.0), what)
         volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize + 2)  # the CT, its labels, the label image written
-        self.predict_array(hu[box], spacing, axial, labels[box], progress, what, volume_bytes)
+        self.predict_array(hu, spacing, axial, labels, progress, what, volume_bytes, body_box=box)
         return labels
-
-    def min_box_mm(self) -> list[float]:
-        """The network's patch in mm per array axis (a body box is never smaller)."""
-        p = self.predictor
-        pm, cm = p.plans_manager, p.configuration_manager
-        patch = list(cm.patch_size)
-        spacing = list(cm.spacing)
-        if len(patch) == 2:
-            patch, spacing = [1, *patch], [0.0, *spacing]
-        out = [0.0] * 3
-        for d, a in enumerate(pm.transpose_forward):
-            out[a] = patch[d] * spacing[d]
-        return out
 
     # --- the chunked whole-scan computation ----------------------------------------------------------
 
     def predict_array(self, hu: np.ndarray, spacing, axial: int, out: np.ndarray, progress: bool = False,
-                      what: str = "image", volume_bytes: int | None = None) -> None:
+                      what: str = "image", volume_bytes: int | None = None, body_box: tuple | None = None) -> None:
         """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``.
 
+        ``body_box`` (slices of ``hu``): only the tiles that reach the network voxels this box's export
+        reads are run; inside the box the labels are those of the whole scan, outside it background.
         ``volume_bytes``: what the case holds outside the chunks (default: ``hu``, ``out`` and a label
         image); the RAM budget counts it. The chunks used are left in ``self.last_chunks`` (tile rows), the
         clip range of the image resampling (normalised; ``None`` where no clip reaches across chunks) in
@@ -248,9 +237,16 @@ class ChunkedPredictor:
         slicers = p._internal_get_sliding_window_slicers(padded)
         starts, tile = tile_rows(slicers, k)
         row_of = {int(s): i for i, s in enumerate(starts)}
+        keep = self._tiles_for_box(body_box, bbox_t, tf, crop_t, net, target, spacing_t, pad_below)
+        if keep is None:  # the box misses the scan's non-zero voxels
+            out[...] = 0
+            self.last_chunks, self.last_clip_range, self.last_tiles = [], clip, (0, len(slicers))
+            return
         by_row: list[list[tuple]] = [[] for _ in starts]
         for s in slicers:
-            by_row[row_of[axis_range(s, k)[0]]].append(s)
+            if all(axis_range(s, d)[0] < keep[d][1] and axis_range(s, d)[1] > keep[d][0] for d in range(3)):
+                by_row[row_of[axis_range(s, k)[0]]].append(s)
+        self.last_tiles = (sum(len(r) for r in by_row), len(slicers))
         if volume_bytes is None:
             volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
         groups = row_groups(len(starts), self._rows_per_chunk(
@@ -316,6 +312,31 @@ class ChunkedPredictor:
                     final, final_lo = final[tuple(index)].clone(), final_lo + max(keep, 0)
         if next_export != crop_t[k]:
             raise RuntimeError(f"{what}: exported {next_export} of {crop_t[k]} slices")
+        if body_box is not None:  # background outside the box
+            for axis, b in enumerate(body_box):
+                for outside in (slice(0, b.start), slice(b.stop, out.shape[axis])):
+                    index = [slice(None)] * 3
+                    index[axis] = outside
+                    out[tuple(index)] = 0
+
+    def _tiles_for_box(self, body_box, bbox_t, tf, crop_t, net, target, spacing_t, pad_below):
+        """Per transposed axis, the padded network range [a, b) the export of ``body_box`` reads.
+
+        Every tile that covers a voxel of this range is run, so these voxels get all their whole-scan
+        tiles. ``[(0, inf)] * 3`` without a box; ``None`` if the box lies outside the non-zero crop.
+        """
+        if body_box is None:
+            return [(0, np.inf)] * 3
+        keep = []
+        for d in range(3):
+            box = body_box[tf[d]]
+            lo, hi = max(box.start - bbox_t[d][0], 0), min(box.stop - bbox_t[d][0], crop_t[d])
+            if lo >= hi:
+                return None
+            reader = SlabResampler(net, crop_t, target, spacing_t, d, self.export_resampling)
+            a, b = reader.source_range(lo, hi)
+            keep.append((a + pad_below[d], b + pad_below[d]))
+        return keep
 
     def _clip_ranges(self, hu, stats: ScanStatistics, bbox_t, tf, axial: int, data_rs: SlabResampler):
         """The input ranges scikit-image's resize clips to: the scan's, or per slice across the separate axis.
@@ -423,7 +444,9 @@ class ChunkedPredictor:
         index[k + 1] = slice(start - acc_lo, done - acc_lo)
         prediction = None
         for logits, weights in acc:
-            part = torch.div(logits[tuple(index)], weights[tuple(index[1:])])
+            w = weights[tuple(index[1:])]
+            part = torch.div(logits[tuple(index)], w)
+            part.masked_fill_(w == 0, 0)  # voxels no tile reached (skipped outside a body box)
             if torch.any(torch.isinf(part)):
                 raise RuntimeError("Encountered inf in predicted array (as nnU-Net would report it)")
             part = part.to("cpu")

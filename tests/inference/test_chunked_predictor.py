@@ -170,19 +170,67 @@ def test_ram_budget_chooses_the_rows_or_fails_with_what_is_needed(real_ct_6mm):
         ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=roomy.base_gb)).predict_image(real_ct_6mm)
 
 
-def test_body_crop_keeps_the_body_labels_and_drops_the_table(phantom):
-    from nnunet_ctorg.inference.body_crop import BodyCropSettings
+@pytest.mark.parametrize("plans, tiles_run", [(standin_plans(spacing=(4.0, 3.0, 3.0), patch=(16, 32, 32)), 1512 / 1701),
+                                              (standin_plans(spacing=(5.0, 4.0, 4.0), patch=(16, 24, 24)), 1224 / 1377),
+                                              (standin_plans(spacing=(6.0, 6.0), patch=(32, 32)), 1.0)],
+                         ids=["model spacing", "cubic resampling", "2-D"])
+def test_body_crop_gives_the_whole_scans_labels_inside_the_body_box(phantom, plans, tiles_run):
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_crop_box
     from nnunet_ctorg.phantoms import generate_phantom
 
     image = phantom.to_sitk(phantom.ct)
-    predictor = standin_predictor(standin_plans(spacing=(4.0, 3.0, 3.0), patch=(16, 32, 32)))  # no resampling
+    predictor = standin_predictor(plans)
     whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60)).predict_image(image)
-    cropped = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), BodyCropSettings()).predict_image(image)
-    organs = phantom.structures > 0
-    assert np.mean(cropped[organs] == whole[organs]) > 0.99
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), BodyCropSettings())
+    cropped = chunked.predict_image(image)
+    box = body_crop_box(phantom.ct, image.GetSpacing()[::-1], 0, 1, BodyCropSettings(), (0.0, 0.0, 0.0))
+    inside = np.zeros(whole.shape, bool)
+    inside[box] = True
+    assert np.array_equal(cropped[inside], whole[inside]) and not cropped[~inside].any()
+    assert chunked.last_tiles[0] / chunked.last_tiles[1] == pytest.approx(tiles_run)  # tiles off the body: not run
+    assert np.all(inside[phantom.structures > 0])
     no_table = generate_phantom(seed=7, fov="thorax_abdomen", spacing=(3.0, 3.0, 4.0), table=False)
     table = (phantom.ct != no_table.ct) & (whole > 0)  # table voxels the stand-in labels without the crop
     assert table.any() and np.count_nonzero(cropped[table]) < 0.5 * np.count_nonzero(table)
+
+
+def test_body_box_runs_every_tile_of_the_network_voxels_its_export_reads():
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    from nnunet_ctorg.inference.slab_resampling import SlabResampler
+
+    chunked = ChunkedPredictor(standin_predictor(standin_plans(spacing=(2.5, 4.0, 4.0), patch=(16, 8, 8))))
+    crop_t, spacing_t, target = [112, 51, 61], [3.0, 6.0, 6.0], [2.5, 4.0, 4.0]
+    net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
+    for start in range(5, 9):
+        box = (slice(start, start + 50), slice(start, start + 20), slice(start + 3, start + 30))
+        keep = chunked._tiles_for_box(box, [(0, n) for n in crop_t], [0, 1, 2], crop_t, net, target, spacing_t,
+                                      [0, 0, 0])
+        for d in range(3):
+            # network values 1 inside the kept range, 1e6 outside: the box's export must read only ones
+            profile = np.full(net[d], 1e6)
+            profile[keep[d][0]:keep[d][1]] = 1.0
+            shape = [1, 1, 1]
+            shape[d] = net[d]
+            values = np.broadcast_to(profile.reshape(shape), net).copy()
+            reader = SlabResampler(net, crop_t, target, spacing_t, d, chunked.export_resampling)
+            exported = reader.resample(values, 0, box[d].start, box[d].stop, out_dtype=np.float64)
+            np.testing.assert_allclose(exported, 1.0, atol=1e-6)
+
+
+def test_any_body_box_gives_the_whole_scans_labels_in_it(real_ct_6mm):
+    hu = sitk.GetArrayFromImage(real_ct_6mm)
+    spacing = real_ct_6mm.GetSpacing()[::-1]
+    predictor = standin_predictor(standin_plans(spacing=(2.5, 4.0, 4.0), patch=(16, 8, 8)))
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60))
+    whole = np.zeros(hu.shape, np.uint8)
+    chunked.predict_array(hu, spacing, 0, whole)
+    for start in (8, 11):
+        box = (slice(start, start + 70), slice(start, start + 21), slice(start + 3, start + 30))
+        labels = np.zeros(hu.shape, np.uint8)
+        chunked.predict_array(hu, spacing, 0, labels, body_box=box)
+        assert np.array_equal(labels[box], whole[box]), start
+        assert chunked.last_tiles[0] < chunked.last_tiles[1]
 
 
 @pytest.fixture()
