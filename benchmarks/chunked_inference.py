@@ -91,7 +91,7 @@ def worker(args) -> None:
     else:
         labels = chunked.predict_image(image)
         info = {"chunks": len(chunked.last_chunks), "base_rss_gb": chunked.base_gb,
-                "estimate_gb": getattr(chunked, "last_estimate_gb", None)}
+                "estimate_gb": getattr(chunked, "last_estimate_gb", None), "tiles_run": chunked.last_tiles}
     seconds = time.perf_counter() - t
     np.save(args.out, labels)
     print(json.dumps({"mode": args.worker, "seconds": seconds, "peak_rss_gb": peak_rss_gb(), **info}))

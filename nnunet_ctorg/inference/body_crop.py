@@ -98,8 +98,8 @@ def body_crop_box(hu: np.ndarray, spacing, axial: int, ap: int, settings: BodyCr
 
     The body mask is computed once, on the scan sampled every ``resolution_mm`` (so all chunks agree and it
     costs little RAM); the box gets ``settings.margin_mm`` and is never smaller than ``min_extent_mm`` per
-    axis (the network's patch: a smaller box would be padded by nnU-Net with 0, mean soft tissue after CT
-    normalisation) unless the scan itself is. No body: a warning, and the whole array.
+    axis (e.g. a network's patch, for a crop that is predicted on its own) unless the scan itself is. No
+    body: a warning, and the whole array.
     """
     import warnings
 

@@ -47,9 +47,9 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                              "chunk) stays below it; an error saying how much is needed if even one row of tiles "
                              "does not fit")
     parser.add_argument("--body_crop", action="store_true",
-                        help="predict only inside one box around the body (found once on a 4 mm copy of the scan; "
-                             "table, blankets and air go; never smaller than the network's patch; outside = "
-                             "background; faster, labels close to but not exactly nnU-Net's)")
+                        help="run only the tiles that one box around the body needs (the box is found once on a "
+                             "4 mm copy of the scan; table, blankets and air stay out): inside the box the labels "
+                             "are exactly those without the crop, outside it background")
     parser.add_argument("--body_margin_mm", type=float, default=10.0, help="margin around the body in mm (default 10)")
     parser.add_argument("--postprocess", action="store_true",
                         help="organ-aware cleanup of the labels (nnunet_ctorg_postprocess's default rules)")
