@@ -598,13 +598,19 @@ def read_ct_compact(path: Path, what: str):
     """
     import SimpleITK as sitk
 
+    from nnunet_ctorg.inference.dicom_series import DicomSeries, read_dicom_series
     from nnunet_ctorg.io import read_image
 
-    image = read_image(path, f"{what}: image")
+    image = read_dicom_series(path) if isinstance(path, DicomSeries) else read_image(path, f"{what}: image")
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise ValueError(f"{what}: the image must be 3-D, got size {image.GetSize()}")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{what}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if image.GetPixelID() in (sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64):
+        extremes = sitk.MinimumMaximumImageFilter()
+        extremes.Execute(image)  # e.g. DICOM pixels after RescaleIntercept come as int32
+        fits = extremes.GetMinimum() >= -32768 and extremes.GetMaximum() <= 32767
+        return sitk.Cast(image, sitk.sitkInt16) if fits else image
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return image
     view = sitk.GetArrayViewFromImage(image)
@@ -625,7 +631,8 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
                    postprocess: bool = False, previews: bool = False, progress: bool = True) -> dict:
     """Predict every CT of ``in_dir`` (the ``part_id``-th of ``num_parts`` shares) into ``out_dir``.
 
-    Outputs are ``CASE<file_ending>`` with the model's file ending, as ``nnUNetv2_predict`` names them.
+    Outputs are ``CASE<file_ending>`` with the model's file ending, as ``nnUNetv2_predict`` names them. A folder
+    without such files is searched for DICOM series (:mod:`nnunet_ctorg.inference.dicom_series`).
     """
     import json
 
@@ -638,15 +645,24 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
         raise ValueError(f"part_id must be in 0..{num_parts - 1}, got {part_id}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     file_ending = chunked.predictor.dataset_json.get("file_ending", ".nii.gz")
-    cases = case_inputs(in_dir, file_ending)
+    cases: dict = case_inputs(in_dir, file_ending)
+    notes: list[str] = []
+    if not cases:  # no image files with the model's ending: DICOM series, one case each
+        from nnunet_ctorg.inference.dicom_series import find_dicom_series
+
+        cases = find_dicom_series(in_dir)
+        notes = [n for series in cases.values() for n in series.notes]
+        for note in notes:
+            print(note)
     if not cases:
-        raise ValueError(f"no CT files ending in {file_ending} (the model's file_ending) in {in_dir}")
+        raise ValueError(f"no CT files ending in {file_ending} (the model's file_ending) and no DICOM series in "
+                         f"{in_dir}")
     names = sorted(cases)[part_id::num_parts]
     out_dir.mkdir(parents=True, exist_ok=True)
     labels_map = chunked.predictor.dataset_json["labels"]
     write_text_atomic(json.dumps(chunked.predictor.dataset_json, indent=2), out_dir / "dataset.json")
     write_text_atomic(json.dumps(chunked.predictor.plans_manager.plans, indent=2), out_dir / "plans.json")
-    summary: dict = {"predicted": [], "skipped": [], "failed": {}, "seconds": {}}
+    summary: dict = {"predicted": [], "skipped": [], "failed": {}, "seconds": {}, "notes": notes}
     for name in tqdm(names, desc="cases", unit="case", disable=not progress):
         target = out_dir / f"{name}{file_ending}"
         if continue_prediction and target.is_file():

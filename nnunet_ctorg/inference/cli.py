@@ -14,7 +14,8 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                     "tile grid of the whole scan run in chunks of tile rows (sums carried between chunks), TTA and "
                     "folds as nnU-Net; no whole-scan float array is allocated. Flags follow nnUNetv2_predict.")
     parser.add_argument("-i", required=True, help="input folder of CTs with the model's file_ending (CASE_0000.nii.gz "
-                        "as nnU-Net, or CASE.nii.gz; both for one case is an error)")
+                        "as nnU-Net, or CASE.nii.gz; both for one case is an error), or, if it has none, of DICOM "
+                        "CT series (a sub-folder per series, or mixed: case = sub-folder or PatientID_SeriesNumber)")
     parser.add_argument("-o", required=True, help="output folder (CASE<file_ending>, dataset.json, plans.json, "
                         "summary)")
     parser.add_argument("-d", default=None, help="dataset name or id of the trained model (with -tr -p -c)")

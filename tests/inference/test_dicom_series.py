@@ -1,0 +1,97 @@
+"""DICOM CT series written from the real CT: found, ordered, checked and predicted as their NIfTI twin."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ctorg.inference.dicom_series import find_dicom_series, read_dicom_series
+
+
+@pytest.fixture(scope="module")
+def real_ct_small(real_ct_dir):
+    """The 30-slice real CT at 6 x 6 mm in-plane (int16)."""
+    return sitk.Cast(sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz"))[::2, ::2, :], sitk.sitkInt16)
+
+
+def write_series(ct, folder: Path, uid: str, *, patient: str = "P1", number: str = "3", modality: str = "CT",
+                 shuffle: bool = True, skip: tuple[int, ...] = (), tilt_mm: float = 0.0,
+                 localizer: bool = False) -> None:
+    """One file per slice with the tags a scanner writes; file names shuffled against the slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    d = ct.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    slices = [i for i in range(ct.GetDepth()) if i not in skip]
+    names = list(range(len(slices)))
+    if shuffle:
+        random.Random(uid).shuffle(names)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")  # no file extension, as PACS exports name them
+    writer.KeepOriginalImageUIDOn()
+    for name, i in zip(names, slices):
+        image = ct[:, :, i:i + 1]
+        x, y, z = ct.TransformIndexToPhysicalPoint((0, 0, i))
+        tags = {"0008|0060": modality, "0020|000e": uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.7",
+                "0010|0020": patient, "0020|0011": number, "0020|0037": orientation,
+                "0020|0032": f"{x + tilt_mm * i:.6f}\\{y:.6f}\\{z:.6f}",
+                "0020|0013": str(len(slices) - i),  # InstanceNumber against the order: must not be used
+                "0008|0008": "ORIGINAL\\PRIMARY\\" + ("LOCALIZER" if localizer else "AXIAL")}
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"IM{uid.rsplit('.', 1)[-1]}_{name:04d}"))
+        writer.Execute(image)
+
+
+def test_series_in_sub_folders_and_mixed_are_found_ordered_and_read_exactly(real_ct_small, tmp_path):
+    write_series(real_ct_small, tmp_path / "in" / "abdomen", "1.2.3.1")
+    write_series(real_ct_small, tmp_path / "in" / "mixed", "1.2.3.2", patient="P7", number="5")
+    write_series(real_ct_small[:, :, 5:20], tmp_path / "in" / "mixed", "1.2.3.3", patient="P7", number="6")
+    write_series(real_ct_small[:, :, :4], tmp_path / "in" / "mixed", "1.2.3.4", number="1", localizer=True)
+    (tmp_path / "in" / "notes.txt").write_text("not a DICOM file")
+    series = find_dicom_series(tmp_path / "in")
+    assert sorted(series) == ["P1_1", "P7_5", "P7_6", "abdomen"]
+    assert series["P1_1"].error == "DICOM series P1_1 (1.2.3.4): only localizer images"
+    for name, expected in (("abdomen", real_ct_small), ("P7_5", real_ct_small), ("P7_6", real_ct_small[:, :, 5:20])):
+        assert series[name].error is None
+        image = read_dicom_series(series[name])
+        assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected))
+        np.testing.assert_allclose(image.GetOrigin(), expected.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(image.GetSpacing(), expected.GetSpacing(), atol=1e-3)
+        np.testing.assert_allclose(image.GetDirection(), expected.GetDirection(), atol=1e-5)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ({"skip": (12,)}, r"uneven slice spacing — a gap of 6.00 mm .* where the series steps 3.00 mm"),
+    ({"modality": "MR"}, r"modality 'MR', not CT; refused"),
+    ({"tilt_mm": 1.0}, r"drift .* mm across the slice plane \(gantry tilt"),
+])
+def test_malformed_series_are_one_line_naming_the_series(real_ct_small, tmp_path, problem, message):
+    write_series(real_ct_small, tmp_path / "in" / "bad", "1.2.3.9", **problem)
+    series = find_dicom_series(tmp_path / "in")["bad"]
+    assert series.error is not None and series.error.startswith("DICOM series bad (1.2.3.9): ")
+    assert "\n" not in series.error
+    with pytest.raises(ValueError, match=message):
+        read_dicom_series(series)
+
+
+def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, tmp_path):
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
+    from tests.inference.standin import standin_plans, standin_predictor
+
+    write_series(real_ct_small, tmp_path / "dicom" / "abdomen", "1.2.3.1")
+    write_series(real_ct_small, tmp_path / "dicom" / "abdomen_mr", "1.2.3.5", modality="MR")
+    (tmp_path / "nifti").mkdir()
+    sitk.WriteImage(real_ct_small, str(tmp_path / "nifti" / "abdomen_0000.nii.gz"))
+    chunked = ChunkedPredictor(standin_predictor(standin_plans(spacing=(3.0, 5.0, 5.0), patch=(16, 16, 16))),
+                               ChunkSettings(chunk_mm=40))
+    summary = predict_folder(chunked, tmp_path / "dicom", tmp_path / "out_dicom", progress=False)
+    assert summary["predicted"] == ["abdomen"] and "not CT; refused" in summary["failed"]["abdomen_mr"]
+    predict_folder(chunked, tmp_path / "nifti", tmp_path / "out_nifti", progress=False)
+    from_dicom = sitk.ReadImage(str(tmp_path / "out_dicom" / "abdomen.nii.gz"))
+    from_nifti = sitk.ReadImage(str(tmp_path / "out_nifti" / "abdomen.nii.gz"))
+    assert len(np.unique(sitk.GetArrayViewFromImage(from_nifti))) > 1
+    assert np.array_equal(sitk.GetArrayFromImage(from_dicom), sitk.GetArrayFromImage(from_nifti))
+    np.testing.assert_allclose(from_dicom.GetOrigin(), from_nifti.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(from_dicom.GetDirection(), from_nifti.GetDirection(), atol=1e-5)
