@@ -1,5 +1,6 @@
 """DICOM CT series written from the real CT: found, ordered, checked and predicted as their NIfTI twin."""
 
+import locale
 import random
 from pathlib import Path
 
@@ -21,12 +22,20 @@ def write_series(ct, folder: Path, uid: str, *, patient: str = "P1", number: str
                  localizer: bool = False) -> None:
     """One file per slice with the tags a scanner writes; file names shuffled against the slice order."""
     folder.mkdir(parents=True, exist_ok=True)
-    d = ct.GetDirection()
-    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     slices = [i for i in range(ct.GetDepth()) if i not in skip]
     names = list(range(len(slices)))
     if shuffle:
         random.Random(uid).shuffle(names)
+    current_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the C locale (ASCII) process-wide
+    try:
+        _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer)
+    finally:
+        locale.setlocale(locale.LC_ALL, current_locale)
+
+
+def _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer) -> None:
+    d = ct.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
     writer.SetImageIO("GDCMImageIO")  # no file extension, as PACS exports name them
     writer.KeepOriginalImageUIDOn()
