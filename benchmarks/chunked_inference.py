@@ -4,7 +4,9 @@ Modes, each in its own process (peak RSS = that process's VmHWM, measured by the
 (a) ``whole``: nnU-Net's own ``nnUNetPredictor.predict_single_npy_array`` on the whole scan;
 (b) ``chunked``: ``ChunkedPredictor`` (what ``nnunet_ctorg_predict_chunked`` runs) with ``--chunk_mm`` /
     ``--max_ram_gb``;
-(c) ``chunked_crop``: (b) with ``--body_crop``.
+(c) ``chunked_crop``: (b) with ``--body_crop``;
+(d) ``chunked_dicom``: (b) on the same scan written as a DICOM series (one file per slice, written before the
+    timing), read slab by slab as the command reads DICOM input.
 Agreement with (a): the fraction of voxels with the same label and the per-label Dice.
 
 Scans: head-to-knee phantoms with a table at 0.8 x 0.8 x 1.5 mm, ``--size`` in-plane (default 525) and
@@ -53,6 +55,34 @@ def make_phantom(path: Path, n_slices: int, size: int) -> None:
     sitk.WriteImage(image, str(path))
 
 
+def write_dicom_series(nifti: Path, folder: Path) -> None:
+    """The CT as a DICOM series (int16, one file per slice, the tags the predictor reads)."""
+    import locale
+
+    import SimpleITK as sitk
+
+    ct = sitk.Cast(sitk.ReadImage(str(nifti)), sitk.sitkInt16)
+    folder.mkdir(parents=True, exist_ok=True)
+    d = ct.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.KeepOriginalImageUIDOn()
+    current = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the C locale
+    try:
+        for i in range(ct.GetDepth()):
+            image = ct[:, :, i:i + 1]
+            position = "\\".join(f"{v:.6f}" for v in ct.TransformIndexToPhysicalPoint((0, 0, i)))
+            for key, value in {"0008|0060": "CT", "0020|000e": "1.2.826.0.1.3680043.2.1125.42", "0010|0020": "BENCH",
+                               "0020|0011": "1", "0020|0037": orientation, "0020|0032": position,
+                               "0020|0013": str(i + 1)}.items():
+                image.SetMetaData(key, value)
+            writer.SetFileName(str(folder / f"IM{i:05d}.dcm"))
+            writer.Execute(image)
+    finally:
+        locale.setlocale(locale.LC_ALL, current)
+
+
 def load(args):
     if args.model:
         from nnunet_ctorg.inference.chunked_predictor import load_predictor
@@ -78,7 +108,14 @@ def worker(args) -> None:
         body = BodyCropSettings() if args.worker == "chunked_crop" else None
         chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
         chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
-    image = read_ct_compact(Path(args.ct), "benchmark")
+    if args.worker == "chunked_dicom":
+        from nnunet_ctorg.inference.chunked_predictor import read_ct_lazily
+        from nnunet_ctorg.inference.dicom_series import find_dicom_series
+
+        (series,) = find_dicom_series(Path(args.dicom_dir)).values()
+        image = read_ct_lazily(series, "benchmark")
+    else:
+        image = read_ct_compact(Path(args.ct), "benchmark")
     t = time.perf_counter()
     info = {}
     if chunked is None:
@@ -120,6 +157,8 @@ def run_scan(ct: str, args, tmp: Path) -> dict:
                "--standin_classes", str(args.standin_classes)]
         if args.model:
             cmd += ["--model", args.model]
+        if mode == "chunked_dicom":
+            cmd += ["--dicom_dir", str(tmp / f"{Path(ct).name}.dicom")]
         if args.max_ram_gb:
             cmd += ["--max_ram_gb", str(args.max_ram_gb)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -158,6 +197,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["whole", "chunked", "chunked_crop"])
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dicom_dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.ct = args.ct[0]
@@ -171,6 +211,8 @@ def main() -> None:
         for name, path, n in scans:
             if n is not None:
                 make_phantom(Path(path), n, args.size)
+            if "chunked_dicom" in args.modes:
+                write_dicom_series(Path(path), tmp / f"{Path(path).name}.dicom")
             print(name, flush=True)
             results = run_scan(path, args, tmp)
             table.append((name, results))

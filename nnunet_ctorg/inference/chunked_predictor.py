@@ -177,11 +177,15 @@ class ChunkedPredictor:
         return antialiasing_sigma(current, new, float(settings.get("sigma_factor", DEFAULT_SIGMA_FACTOR)))
 
     def predict_image(self, image, progress: bool = False, what: str = "image") -> np.ndarray:
-        """Labels (array order of ``sitk.GetArrayFromImage``) of a SimpleITK CT image."""
+        """Labels (array order of ``sitk.GetArrayFromImage``) of a SimpleITK CT image.
+
+        ``image`` may also be a :class:`~nnunet_ctorg.inference.dicom_series.SeriesVolume`, read slab by slab.
+        """
         import SimpleITK as sitk
 
         axial, ap = image_axes(image)
-        hu = sitk.GetArrayViewFromImage(image)
+        in_memory = getattr(image, "in_memory", True)
+        hu = sitk.GetArrayViewFromImage(image) if in_memory else image
         spacing = image.GetSpacing()[::-1]
         labels = np.zeros(hu.shape, dtype=np.uint8 if self.n_classes <= 256 else np.uint16)
         box = None
@@ -189,7 +193,8 @@ class ChunkedPredictor:
             from nnunet_ctorg.inference.body_crop import body_crop_box
 
             box = body_crop_box(hu, spacing, axial, ap, self.body_crop, (0.0, 0.0, 0.0), what)
-        volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize + 2)  # the CT, its labels, the label image written
+        # the CT (unless read slab by slab), its labels, the label image written
+        volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2)
         self.predict_array(hu, spacing, axial, labels, progress, what, volume_bytes, body_box=box)
         return labels
 
@@ -626,6 +631,18 @@ def read_ct_compact(path: Path, what: str):
     return sitk.Cast(image, sitk.sitkInt16) if whole else image
 
 
+def read_ct_lazily(case, what: str):
+    """A DICOM series whose files are its axial slices as a slab-by-slab :class:`SeriesVolume`, else
+    :func:`read_ct_compact`'s image."""
+    from nnunet_ctorg.inference.dicom_series import DicomSeries, SeriesVolume
+
+    if isinstance(case, DicomSeries):
+        volume = SeriesVolume(case)
+        if image_axes(volume)[0] == 0:  # chunks run along the files
+            return volume
+    return read_ct_compact(case, what)
+
+
 def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str | Path,
                    continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
                    postprocess: bool = False, previews: bool = False, progress: bool = True) -> dict:
@@ -670,14 +687,16 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
             continue
         t = time.perf_counter()
         try:
-            image = read_ct_compact(cases[name], name)
+            image = read_ct_lazily(cases[name], name) if not previews else read_ct_compact(cases[name], name)
             labels = chunked.predict_image(image, progress=progress, what=name)
             if postprocess:
                 from nnunet_ctorg.postprocessing.organ_cleanup import clean_segmentation
 
                 labels = clean_segmentation(labels, image.GetSpacing(), labels_map)
             seg = sitk.GetImageFromArray(labels)
-            seg.CopyInformation(image)
+            seg.SetOrigin(image.GetOrigin())
+            seg.SetSpacing(image.GetSpacing())
+            seg.SetDirection(image.GetDirection())
             write_image_atomic(seg, target)
             if previews:
                 from nnunet_ctorg.evaluation.previews import save_preview

@@ -165,3 +165,80 @@ def read_dicom_series(series: DicomSeries):
         message = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
         raise ValueError(f"DICOM series {series.name} ({series.uid}): cannot be read ({message}); a compressed "
                          f"transfer syntax GDCM cannot decode?") from e
+
+
+class SeriesVolume:
+    """A DICOM series as a (z, y, x) array that reads only the files of the slices it is indexed with.
+
+    Enough of SimpleITK's image interface (``GetSize``, ``GetSpacing``, ``GetOrigin``, ``GetDirection``) for
+    the chunked predictor, which then reads the CT slab by slab instead of holding it whole. Integer pixels
+    (after GDCM's rescale) are returned as int16, others as float32.
+    """
+
+    in_memory = False
+    piece = 16  # files read at once
+
+    def __init__(self, series: DicomSeries) -> None:
+        import SimpleITK as sitk
+
+        if series.error:
+            raise ValueError(series.error)
+        self.series = series
+        first = self._read(series.files[:2])
+        self._integer = first.GetPixelID() in (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16,
+                                               sitk.sitkInt32, sitk.sitkUInt32)
+        self.dtype = np.dtype(np.int16 if self._integer else np.float32)
+        self.itemsize = self.dtype.itemsize
+        nx, ny = first.GetSize()[:2]
+        self.shape = (len(series.files), ny, nx)
+        self.ndim = 3
+        self._geometry = (first.GetOrigin(), first.GetSpacing(), first.GetDirection())
+
+    def GetSize(self) -> tuple[int, int, int]:  # noqa: N802 - SimpleITK's names
+        return self.shape[::-1]
+
+    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
+        return self._geometry[0]
+
+    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        return self._geometry[1]
+
+    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        return self._geometry[2]
+
+    def _read(self, files: list[Path]):
+        import SimpleITK as sitk
+
+        reader = sitk.ImageSeriesReader()
+        reader.SetImageIO("GDCMImageIO")
+        reader.SetFileNames([str(f) for f in files])
+        try:
+            return reader.Execute()
+        except RuntimeError as e:
+            message = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+            raise ValueError(f"DICOM series {self.series.name} ({self.series.uid}): cannot be read ({message}); a "
+                             f"compressed transfer syntax GDCM cannot decode?") from e
+
+    def __getitem__(self, index) -> np.ndarray:
+        import SimpleITK as sitk
+
+        if not isinstance(index, tuple):
+            index = (index,)
+        index = tuple(index) + (slice(None),) * (3 - len(index))
+        if not all(isinstance(i, slice) for i in index):
+            raise TypeError(f"a SeriesVolume is indexed with slices only, got {index!r}")
+        along = range(*index[0].indices(self.shape[0]))
+        if len(along) == 0:
+            return np.zeros((0, *(len(range(*i.indices(n))) for i, n in zip(index[1:], self.shape[1:]))), self.dtype)
+        out = None
+        for start in range(0, len(along), self.piece):  # a few files at a time: no second copy of the block
+            files = [self.series.files[i] for i in along[start:start + self.piece]]
+            part = sitk.GetArrayViewFromImage(image := self._read(files))[:, index[1], index[2]]
+            if self._integer and (part.min() < -32768 or part.max() > 32767):
+                raise ValueError(f"DICOM series {self.series.name}: values outside int16 after the rescale "
+                                 f"({part.min()}..{part.max()})")
+            if out is None:
+                out = np.empty((len(along), *part.shape[1:]), self.dtype)
+            out[start:start + len(files)] = part
+            del part, image
+        return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_ctorg.inference.dicom_series import find_dicom_series, read_dicom_series
+from nnunet_ctorg.inference.dicom_series import SeriesVolume, find_dicom_series, read_dicom_series
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,26 @@ def test_malformed_series_are_one_line_naming_the_series(real_ct_small, tmp_path
         read_dicom_series(series)
 
 
-def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, tmp_path):
+def test_series_volume_reads_only_the_slices_indexed(real_ct_small, tmp_path):
+    write_series(real_ct_small, tmp_path / "in" / "ct", "1.2.3.1")
+    volume = SeriesVolume(find_dicom_series(tmp_path / "in")["ct"])
+    array = sitk.GetArrayFromImage(real_ct_small)
+    assert volume.shape == array.shape and volume.dtype == np.int16
+    assert volume.GetSize() == real_ct_small.GetSize()
+    np.testing.assert_allclose(volume.GetSpacing(), real_ct_small.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(volume.GetOrigin(), real_ct_small.GetOrigin(), atol=1e-3)
+    for index in [(slice(3, 9),), (slice(0, 30, 4), slice(None, None, 2), slice(5, 40, 3)), (slice(20, 20),),
+                  (slice(25, 40), slice(10, 20))]:
+        assert np.array_equal(volume[index], array[index]), index
+    read = []
+    original = volume._read
+    volume._read = lambda files: (read.append(len(files)), original(files))[1]
+    volume.piece = 4
+    assert np.array_equal(volume[4:14], array[4:14])
+    assert read == [4, 4, 2]
+
+
+def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, tmp_path, monkeypatch):
     from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
     from tests.inference.standin import standin_plans, standin_predictor
 
@@ -93,9 +112,15 @@ def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, t
     write_series(real_ct_small, tmp_path / "dicom" / "abdomen_mr", "1.2.3.5", modality="MR")
     (tmp_path / "nifti").mkdir()
     sitk.WriteImage(real_ct_small, str(tmp_path / "nifti" / "abdomen_0000.nii.gz"))
-    chunked = ChunkedPredictor(standin_predictor(standin_plans(spacing=(3.0, 5.0, 5.0), patch=(16, 16, 16))),
-                               ChunkSettings(chunk_mm=40))
+    # at the model's spacing: a chunk reads its own slices only (resampling would add the spline's margins)
+    chunked = ChunkedPredictor(standin_predictor(standin_plans(spacing=(3.0, 6.0, 6.0), patch=(8, 16, 16))),
+                               ChunkSettings(chunk_mm=24))
+    read = []
+    original = SeriesVolume.__getitem__
+    monkeypatch.setattr(SeriesVolume, "__getitem__", lambda self, index: (read.append(original(self, index)),
+                                                                          read[-1])[1])
     summary = predict_folder(chunked, tmp_path / "dicom", tmp_path / "out_dicom", progress=False)
+    assert read and max(len(block) for block in read) < real_ct_small.GetDepth()  # slab by slab, never whole
     assert summary["predicted"] == ["abdomen"] and "not CT; refused" in summary["failed"]["abdomen_mr"]
     predict_folder(chunked, tmp_path / "nifti", tmp_path / "out_nifti", progress=False)
     from_dicom = sitk.ReadImage(str(tmp_path / "out_dicom" / "abdomen.nii.gz"))
