@@ -22,6 +22,10 @@ import numpy as np
 SERIES_UID, MODALITY, IMAGE_TYPE = "0020|000e", "0008|0060", "0008|0008"
 POSITION, ORIENTATION = "0020|0032", "0020|0037"
 PATIENT_ID, SERIES_NUMBER = "0010|0020", "0020|0011"
+# must agree within a series: matrix, pixel spacing, reconstruction (two reconstructions may share a UID)
+UNIFORM = {"0028|0010": "Rows", "0028|0011": "Columns", "0028|0030": "PixelSpacing", "0018|0050": "SliceThickness",
+           "0018|1210": "ConvolutionKernel"}
+RESCALE_SLOPE, RESCALE_INTERCEPT, NUMBER_OF_FRAMES = "0028|1053", "0028|1052", "0028|0008"
 
 
 @dataclass
@@ -33,6 +37,10 @@ class DicomSeries:
     files: list[Path]
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    float_pixels: bool = False  # a rescale that is not integral or differs between slices
+    origin: tuple[float, float, float] | None = None  # of the first slice in order, from the positions
+    slice_spacing: float | None = None  # (last - first) / (n - 1) along the normal, as ITK's series reader
+    direction: tuple[float, ...] | None = None  # row, column and normal cosines as columns (SimpleITK order)
 
 
 def _tag(reader, key: str) -> str:
@@ -64,8 +72,8 @@ def _read_headers(path: Path):
 
 
 def _order_slices(files: list[Path], positions: list[np.ndarray], orientations: list[np.ndarray],
-                  what: str) -> list[Path]:
-    """Files sorted along the slice normal, after the geometry checks (``ValueError`` naming ``what``)."""
+                  what: str) -> tuple[list[Path], dict]:
+    """(files sorted along the slice normal, their geometry), after the checks (``ValueError`` naming ``what``)."""
     first = orientations[0]
     if any(np.abs(o - first).max() > 1e-3 for o in orientations):
         raise ValueError(f"{what}: ImageOrientationPatient changes within the series")
@@ -90,7 +98,10 @@ def _order_slices(files: list[Path], positions: list[np.ndarray], orientations: 
     if np.linalg.norm(sideways) > 0.01 * abs(along @ normal) + 1e-3:
         raise ValueError(f"{what}: slice positions drift {np.linalg.norm(sideways):.1f} mm across the slice plane "
                          f"(gantry tilt or an oblique stack); resample it to an orthogonal grid first")
-    return [files[i] for i in order]
+    geometry = {"origin": tuple(float(v) for v in sorted_positions[0]),
+                "slice_spacing": float((depth[-1] - depth[0]) / (len(depth) - 1)),
+                "direction": tuple(float(v) for v in np.stack([first[:3], first[3:], normal], axis=1).ravel())}
+    return [files[i] for i in order], geometry
 
 
 def find_dicom_series(in_dir: Path) -> dict[str, DicomSeries]:
@@ -107,10 +118,17 @@ def find_dicom_series(in_dir: Path) -> dict[str, DicomSeries]:
         uid = _tag(reader, SERIES_UID)
         s = found.setdefault(uid, {"files": [], "positions": [], "orientations": [], "localizers": 0,
                                    "modality": _tag(reader, MODALITY), "patient": _tag(reader, PATIENT_ID),
-                                   "number": _tag(reader, SERIES_NUMBER), "error": None})
+                                   "number": _tag(reader, SERIES_NUMBER), "error": None,
+                                   "uniform": {key: set() for key in UNIFORM}, "rescale": set()})
         if "LOCALIZER" in _tag(reader, IMAGE_TYPE).upper():
             s["localizers"] += 1
             continue
+        if int(_tag(reader, NUMBER_OF_FRAMES) or 1) > 1:
+            s["error"] = s["error"] or (f"{path.name} is a multi-frame (enhanced) CT object, not supported yet; "
+                                        f"convert the series to NIfTI first (e.g. dcm2niix)")
+        for key in UNIFORM:
+            s["uniform"][key].add(_tag(reader, key))
+        s["rescale"].add((_tag(reader, RESCALE_SLOPE) or "1", _tag(reader, RESCALE_INTERCEPT) or "0"))
         try:
             s["positions"].append(_numbers(_tag(reader, POSITION), 3, f"{path.name}: ImagePositionPatient"))
             s["orientations"].append(_numbers(_tag(reader, ORIENTATION), 6, f"{path.name}: ImageOrientationPatient"))
@@ -138,14 +156,21 @@ def find_dicom_series(in_dir: Path) -> dict[str, DicomSeries]:
             item.error = f"{what}: modality {s['modality'] or 'missing'!r}, not CT; refused"
         elif s["error"]:
             item.error = f"{what}: {s['error']}"
+        elif mixed := [f"{UNIFORM[key]} ({', '.join(sorted(v or 'missing' for v in values))})"
+                       for key, values in s["uniform"].items() if len(values) > 1]:
+            item.error = f"{what}: slices differ in {'; '.join(mixed)}; refused (two reconstructions in one series?)"
         else:
             try:
-                item.files = _order_slices(s["files"], s["positions"], s["orientations"], what)
+                item.files, geometry = _order_slices(s["files"], s["positions"], s["orientations"], what)
+                item.origin, item.slice_spacing, item.direction = (geometry["origin"], geometry["slice_spacing"],
+                                                                   geometry["direction"])
             except ValueError as e:
                 item.error = str(e)
-        if name in series:
-            raise ValueError(f"DICOM series {series[name].uid} and {uid} would both be case {name!r}; put each "
-                             f"series in its own sub-folder")
+            item.float_pixels = len(s["rescale"]) > 1 or any(float(v) != round(float(v))
+                                                             for pair in s["rescale"] for v in pair)
+        if name in series:  # e.g. patA/CT and patB/CT: the UID's end tells them apart
+            name = item.name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}_{uid[-12:]}")
+            item.notes.append(f"DICOM series {uid}: named {name!r} (its first name was taken)")
         series[name] = item
     return series
 
@@ -184,15 +209,17 @@ class SeriesVolume:
         if series.error:
             raise ValueError(series.error)
         self.series = series
-        first = self._read(series.files[:2])
-        self._integer = first.GetPixelID() in (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16,
-                                               sitk.sitkInt32, sitk.sitkUInt32)
+        first = self._read(series.files[:1])
+        self._integer = not series.float_pixels and first.GetPixelID() in (
+            sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32)
         self.dtype = np.dtype(np.int16 if self._integer else np.float32)
         self.itemsize = self.dtype.itemsize
         nx, ny = first.GetSize()[:2]
         self.shape = (len(series.files), ny, nx)
         self.ndim = 3
-        self._geometry = (first.GetOrigin(), first.GetSpacing(), first.GetDirection())
+        # the geometry ITK's series reader gives the whole series: mean slice step from the first and last
+        spacing = (*first.GetSpacing()[:2], series.slice_spacing)
+        self._geometry = (series.origin, spacing, series.direction)
 
     def GetSize(self) -> tuple[int, int, int]:  # noqa: N802 - SimpleITK's names
         return self.shape[::-1]
@@ -234,6 +261,9 @@ class SeriesVolume:
         for start in range(0, len(along), self.piece):  # a few files at a time: no second copy of the block
             files = [self.series.files[i] for i in along[start:start + self.piece]]
             part = sitk.GetArrayViewFromImage(image := self._read(files))[:, index[1], index[2]]
+            if self._integer and part.dtype.kind == "f":
+                raise ValueError(f"DICOM series {self.series.name}: slices {files[0].name}.. have a fractional "
+                                 f"rescale the first slice does not have")
             if self._integer and (part.min() < -32768 or part.max() > 32767):
                 raise ValueError(f"DICOM series {self.series.name}: values outside int16 after the rescale "
                                  f"({part.min()}..{part.max()})")

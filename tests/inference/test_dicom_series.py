@@ -19,21 +19,24 @@ def real_ct_small(real_ct_dir):
 
 def write_series(ct, folder: Path, uid: str, *, patient: str = "P1", number: str = "3", modality: str = "CT",
                  shuffle: bool = True, skip: tuple[int, ...] = (), tilt_mm: float = 0.0,
-                 localizer: bool = False) -> None:
-    """One file per slice with the tags a scanner writes; file names shuffled against the slice order."""
+                 localizer: bool = False, twice: tuple[int, ...] = (), changed: dict | None = None) -> None:
+    """One file per slice with the tags a scanner writes; file names shuffled against the slice order.
+
+    ``twice``: slices written a second time; ``changed``: {slice: {tag: value}} written over the defaults.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    slices = [i for i in range(ct.GetDepth()) if i not in skip]
+    slices = [i for i in range(ct.GetDepth()) if i not in skip] + list(twice)
     names = list(range(len(slices)))
     if shuffle:
         random.Random(uid).shuffle(names)
     current_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the C locale (ASCII) process-wide
     try:
-        _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer)
+        _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer, changed or {})
     finally:
         locale.setlocale(locale.LC_ALL, current_locale)
 
 
-def _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer) -> None:
+def _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer, changed) -> None:
     d = ct.GetDirection()
     orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
@@ -47,7 +50,7 @@ def _write_slices(ct, folder, uid, patient, number, modality, slices, names, til
                 "0020|0032": f"{x + tilt_mm * i:.6f}\\{y:.6f}\\{z:.6f}",
                 "0020|0013": str(len(slices) - i),  # InstanceNumber against the order: must not be used
                 "0008|0008": "ORIGINAL\\PRIMARY\\" + ("LOCALIZER" if localizer else "AXIAL")}
-        for key, value in tags.items():
+        for key, value in {**tags, **changed.get(i, {})}.items():
             image.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"IM{uid.rsplit('.', 1)[-1]}_{name:04d}"))
         writer.Execute(image)
@@ -75,6 +78,9 @@ def test_series_in_sub_folders_and_mixed_are_found_ordered_and_read_exactly(real
     ({"skip": (12,)}, r"uneven slice spacing — a gap of 6.00 mm .* where the series steps 3.00 mm"),
     ({"modality": "MR"}, r"modality 'MR', not CT; refused"),
     ({"tilt_mm": 1.0}, r"drift .* mm across the slice plane \(gantry tilt"),
+    ({"twice": (7,)}, r"two slices at the same position"),
+    ({"changed": {9: {"0020|0037": "-1\\0\\0\\0\\-0.995037\\0.0995037"}}}, r"ImageOrientationPatient changes"),
+    ({"changed": {4: {"0018|0050": "1.5"}}}, r"slices differ in SliceThickness \(1.5, missing\)"),
 ])
 def test_malformed_series_are_one_line_naming_the_series(real_ct_small, tmp_path, problem, message):
     write_series(real_ct_small, tmp_path / "in" / "bad", "1.2.3.9", **problem)
@@ -93,6 +99,7 @@ def test_series_volume_reads_only_the_slices_indexed(real_ct_small, tmp_path):
     assert volume.GetSize() == real_ct_small.GetSize()
     np.testing.assert_allclose(volume.GetSpacing(), real_ct_small.GetSpacing(), atol=1e-3)
     np.testing.assert_allclose(volume.GetOrigin(), real_ct_small.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(volume.GetDirection(), real_ct_small.GetDirection(), atol=1e-5)
     for index in [(slice(3, 9),), (slice(0, 30, 4), slice(None, None, 2), slice(5, 40, 3)), (slice(20, 20),),
                   (slice(25, 40), slice(10, 20))]:
         assert np.array_equal(volume[index], array[index]), index
@@ -102,6 +109,15 @@ def test_series_volume_reads_only_the_slices_indexed(real_ct_small, tmp_path):
     volume.piece = 4
     assert np.array_equal(volume[4:14], array[4:14])
     assert read == [4, 4, 2]
+
+
+def test_same_folder_names_of_two_patients_become_two_cases(real_ct_small, tmp_path):
+    write_series(real_ct_small, tmp_path / "in" / "patA" / "CT", "1.2.3.11", patient="A")
+    write_series(real_ct_small[:, :, 2:12], tmp_path / "in" / "patB" / "CT", "1.2.3.12", patient="B")
+    series = find_dicom_series(tmp_path / "in")
+    assert sorted(series) == ["CT", "CT_1.2.3.12"]
+    assert series["CT_1.2.3.12"].notes == ["DICOM series 1.2.3.12: named 'CT_1.2.3.12' (its first name was taken)"]
+    assert SeriesVolume(series["CT_1.2.3.12"]).shape[0] == 10
 
 
 def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, tmp_path, monkeypatch):
