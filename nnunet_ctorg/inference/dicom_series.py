@@ -175,21 +175,26 @@ def find_dicom_series(in_dir: Path) -> dict[str, DicomSeries]:
     return series
 
 
-def read_dicom_series(series: DicomSeries):
-    """The series as a SimpleITK image (rescale applied by GDCM); ``ValueError`` naming it if it cannot be read."""
+def _read_files(series: DicomSeries, files: list[Path]):
+    """``files`` of ``series`` as one SimpleITK image (rescale applied by GDCM); ``ValueError`` naming the series."""
     import SimpleITK as sitk
 
-    if series.error:
-        raise ValueError(series.error)
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")
-    reader.SetFileNames([str(f) for f in series.files])
+    reader.SetFileNames([str(f) for f in files])
     try:
         return reader.Execute()
     except RuntimeError as e:
         message = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
         raise ValueError(f"DICOM series {series.name} ({series.uid}): cannot be read ({message}); a compressed "
                          f"transfer syntax GDCM cannot decode?") from e
+
+
+def read_dicom_series(series: DicomSeries):
+    """The whole series as a SimpleITK image; ``ValueError`` naming it if it cannot be predicted or read."""
+    if series.error:
+        raise ValueError(series.error)
+    return _read_files(series, series.files)
 
 
 class SeriesVolume:
@@ -234,17 +239,7 @@ class SeriesVolume:
         return self._geometry[2]
 
     def _read(self, files: list[Path]):
-        import SimpleITK as sitk
-
-        reader = sitk.ImageSeriesReader()
-        reader.SetImageIO("GDCMImageIO")
-        reader.SetFileNames([str(f) for f in files])
-        try:
-            return reader.Execute()
-        except RuntimeError as e:
-            message = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
-            raise ValueError(f"DICOM series {self.series.name} ({self.series.uid}): cannot be read ({message}); a "
-                             f"compressed transfer syntax GDCM cannot decode?") from e
+        return _read_files(self.series, files)
 
     def __getitem__(self, index) -> np.ndarray:
         import SimpleITK as sitk
