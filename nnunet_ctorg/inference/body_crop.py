@@ -93,13 +93,11 @@ def body_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: f
 
 
 def body_crop_box(hu: np.ndarray, spacing, axial: int, ap: int, settings: BodyCropSettings,
-                  min_extent_mm, what: str = "image", resolution_mm: float = 4.0) -> tuple[slice, ...]:
+                  what: str = "image", resolution_mm: float = 4.0) -> tuple[slice, ...]:
     """One box around the body of the whole scan, for the chunked predictor; the whole array if none is found.
 
     The body mask is computed once, on the scan sampled every ``resolution_mm`` (so all chunks agree and it
-    costs little RAM); the box gets ``settings.margin_mm`` and is never smaller than ``min_extent_mm`` per
-    axis (e.g. a network's patch, for a crop that is predicted on its own) unless the scan itself is. No
-    body: a warning, and the whole array.
+    costs little RAM); the box gets ``settings.margin_mm``. No body: a warning, and the whole array.
     """
     import warnings
 
@@ -112,15 +110,7 @@ def body_crop_box(hu: np.ndarray, spacing, axial: int, ap: int, settings: BodyCr
                       f"{settings.soft_low_hu:g} and {settings.soft_high_hu:g} HU); predicting without the body crop",
                       stacklevel=2)
         return tuple(slice(0, n) for n in hu.shape)
-    out = []
-    for a, (b, k, n) in enumerate(zip(box, steps, hu.shape)):
-        start, stop = b.start * k, min((b.stop - 1) * k + k, n)
-        need = min(int(np.ceil(min_extent_mm[a] / spacing[a])), n)
-        if stop - start < need:
-            start = min(max((start + stop - need) // 2, 0), n - need)
-            stop = start + need
-        out.append(slice(start, stop))
-    return tuple(out)
+    return tuple(slice(b.start * k, min(b.stop * k, n)) for b, k, n in zip(box, steps, hu.shape))
 
 
 def image_axes(image) -> tuple[int, int]:

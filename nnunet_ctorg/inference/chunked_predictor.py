@@ -192,7 +192,7 @@ class ChunkedPredictor:
         if self.body_crop is not None:
             from nnunet_ctorg.inference.body_crop import body_crop_box
 
-            box = body_crop_box(hu, spacing, axial, ap, self.body_crop, (0.0, 0.0, 0.0), what)
+            box = body_crop_box(hu, spacing, axial, ap, self.body_crop, what)
         # the CT (unless read slab by slab), its labels, the label image written
         volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2)
         self.predict_array(hu, spacing, axial, labels, progress, what, volume_bytes, body_box=box)
@@ -245,7 +245,7 @@ class ChunkedPredictor:
         keep = self._tiles_for_box(body_box, bbox_t, tf, crop_t, net, target, spacing_t, pad_below)
         if keep is None:  # the box misses the scan's non-zero voxels
             out[...] = 0
-            self.last_chunks, self.last_clip_range, self.last_tiles = [], clip, (0, len(slicers))
+            self.last_chunks, self.last_tiles = [], (0, len(slicers))
             return
         by_row: list[list[tuple]] = [[] for _ in starts]
         for s in slicers:

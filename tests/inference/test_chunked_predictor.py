@@ -183,7 +183,7 @@ def test_body_crop_gives_the_whole_scans_labels_inside_the_body_box(phantom, pla
     whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60)).predict_image(image)
     chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), BodyCropSettings())
     cropped = chunked.predict_image(image)
-    box = body_crop_box(phantom.ct, image.GetSpacing()[::-1], 0, 1, BodyCropSettings(), (0.0, 0.0, 0.0))
+    box = body_crop_box(phantom.ct, image.GetSpacing()[::-1], 0, 1, BodyCropSettings())
     inside = np.zeros(whole.shape, bool)
     inside[box] = True
     assert np.array_equal(cropped[inside], whole[inside]) and not cropped[~inside].any()
