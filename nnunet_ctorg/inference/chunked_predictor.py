@@ -645,11 +645,14 @@ def read_ct_lazily(case, what: str):
 
 def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str | Path,
                    continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
-                   postprocess: bool = False, previews: bool = False, progress: bool = True) -> dict:
+                   postprocess: bool = False, previews: bool = False, progress: bool = True,
+                   output_type: str = "nifti") -> dict:
     """Predict every CT of ``in_dir`` (the ``part_id``-th of ``num_parts`` shares) into ``out_dir``.
 
     Outputs are ``CASE<file_ending>`` with the model's file ending, as ``nnUNetv2_predict`` names them. A folder
     without such files is searched for DICOM series (:mod:`nnunet_ctorg.inference.dicom_series`).
+    ``output_type``: ``"nifti"`` (the file ending's format), ``"dicom_seg"`` (``CASE.dcm``, a DICOM SEG that
+    references the input series; DICOM input only) or ``"both"``.
     """
     import json
 
@@ -660,11 +663,14 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
 
     if not 0 <= part_id < num_parts:
         raise ValueError(f"part_id must be in 0..{num_parts - 1}, got {part_id}")
+    if output_type not in ("nifti", "dicom_seg", "both"):
+        raise ValueError(f"output_type must be 'nifti', 'dicom_seg' or 'both', got {output_type!r}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     file_ending = chunked.predictor.dataset_json.get("file_ending", ".nii.gz")
     cases: dict = case_inputs(in_dir, file_ending)
     notes: list[str] = []
-    if not cases:  # no image files with the model's ending: DICOM series, one case each
+    from_dicom = not cases
+    if from_dicom:  # no image files with the model's ending: DICOM series, one case each
         from nnunet_ctorg.inference.dicom_series import find_dicom_series
 
         cases = find_dicom_series(in_dir)
@@ -674,6 +680,12 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
     if not cases:
         raise ValueError(f"no CT files ending in {file_ending} (the model's file_ending) and no DICOM series in "
                          f"{in_dir}")
+    if output_type != "nifti" and not from_dicom:
+        raise ValueError(f"--output_type {output_type}: a DICOM SEG references its source series; {in_dir} holds "
+                         f"image files, not DICOM series")
+    from nnunet_ctorg.inference.dicom_seg import SEG_FILE_ENDING, write_dicom_seg
+
+    endings = {"nifti": [file_ending], "dicom_seg": [SEG_FILE_ENDING], "both": [file_ending, SEG_FILE_ENDING]}
     names = sorted(cases)[part_id::num_parts]
     out_dir.mkdir(parents=True, exist_ok=True)
     labels_map = chunked.predictor.dataset_json["labels"]
@@ -681,8 +693,8 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
     write_text_atomic(json.dumps(chunked.predictor.plans_manager.plans, indent=2), out_dir / "plans.json")
     summary: dict = {"predicted": [], "skipped": [], "failed": {}, "seconds": {}, "notes": notes}
     for name in tqdm(names, desc="cases", unit="case", disable=not progress):
-        target = out_dir / f"{name}{file_ending}"
-        if continue_prediction and target.is_file():
+        targets = [out_dir / f"{name}{ending}" for ending in endings[output_type]]
+        if continue_prediction and all(t.is_file() for t in targets):
             summary["skipped"].append(name)
             continue
         t = time.perf_counter()
@@ -693,11 +705,14 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
                 from nnunet_ctorg.postprocessing.organ_cleanup import clean_segmentation
 
                 labels = clean_segmentation(labels, image.GetSpacing(), labels_map)
+            if output_type != "nifti":
+                write_dicom_seg(labels, cases[name].files, labels_map, out_dir / f"{name}{SEG_FILE_ENDING}", name)
             seg = sitk.GetImageFromArray(labels)
             seg.SetOrigin(image.GetOrigin())
             seg.SetSpacing(image.GetSpacing())
             seg.SetDirection(image.GetDirection())
-            write_image_atomic(seg, target)
+            if output_type != "dicom_seg":
+                write_image_atomic(seg, out_dir / f"{name}{file_ending}")
             if previews:
                 from nnunet_ctorg.evaluation.previews import save_preview
 

@@ -55,6 +55,9 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--postprocess", action="store_true",
                         help="organ-aware cleanup of the labels (nnunet_ctorg_postprocess's default rules)")
     parser.add_argument("--preview", action="store_true", help="also write previews/CASE.png")
+    parser.add_argument("--output_type", choices=["nifti", "dicom_seg", "both"], default="nifti",
+                        help="nifti (default): CASE<file_ending>; dicom_seg: CASE.dcm, a DICOM Segmentation with one "
+                             "segment per organ that references the input series (DICOM input only); both")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -83,7 +86,8 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                 raise ValueError("-device cuda: no CUDA device is available here; use -device cpu")
         predictor = load_predictor(model, folds, args.chk, args.device, not args.disable_tta, args.step_size)
         summary = predict_folder(ChunkedPredictor(predictor, chunks, body), args.i, args.o, args.continue_prediction,
-                                 args.num_parts, args.part_id, args.postprocess, args.preview, not args.quiet)
+                                 args.num_parts, args.part_id, args.postprocess, args.preview, not args.quiet,
+                                 args.output_type)
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_predict_chunked: error: {e}")
     print(f"{len(summary['predicted'])} predicted, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed; "

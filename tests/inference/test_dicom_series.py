@@ -11,12 +11,6 @@ import SimpleITK as sitk
 from nnunet_ctorg.inference.dicom_series import SeriesVolume, find_dicom_series, read_dicom_series
 
 
-@pytest.fixture(scope="module")
-def real_ct_small(real_ct_dir):
-    """The 30-slice real CT at 6 x 6 mm in-plane (int16)."""
-    return sitk.Cast(sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz"))[::2, ::2, :], sitk.sitkInt16)
-
-
 def write_series(ct, folder: Path, uid: str, *, patient: str = "P1", number: str = "3", modality: str = "CT",
                  shuffle: bool = True, skip: tuple[int, ...] = (), tilt_mm: float = 0.0,
                  localizer: bool = False, twice: tuple[int, ...] = (), changed: dict | None = None) -> None:
@@ -47,6 +41,7 @@ def _write_slices(ct, folder, uid, patient, number, modality, slices, names, til
         x, y, z = ct.TransformIndexToPhysicalPoint((0, 0, i))
         tags = {"0008|0060": modality, "0020|000e": uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.7",
                 "0010|0020": patient, "0020|0011": number, "0020|0037": orientation,
+                "0020|0052": "1.2.826.0.1.3680043.2.1125.8", "0018|0050": f"{ct.GetSpacing()[2]:.2f}",
                 "0020|0032": f"{x + tilt_mm * i:.6f}\\{y:.6f}\\{z:.6f}",
                 "0020|0013": str(len(slices) - i),  # InstanceNumber against the order: must not be used
                 "0008|0008": "ORIGINAL\\PRIMARY\\" + ("LOCALIZER" if localizer else "AXIAL")}
@@ -80,7 +75,7 @@ def test_series_in_sub_folders_and_mixed_are_found_ordered_and_read_exactly(real
     ({"tilt_mm": 1.0}, r"drift .* mm across the slice plane \(gantry tilt"),
     ({"twice": (7,)}, r"two slices at the same position"),
     ({"changed": {9: {"0020|0037": "-1\\0\\0\\0\\-0.995037\\0.0995037"}}}, r"ImageOrientationPatient changes"),
-    ({"changed": {4: {"0018|0050": "1.5"}}}, r"slices differ in SliceThickness \(1.5, missing\)"),
+    ({"changed": {4: {"0018|0050": "1.5"}}}, r"slices differ in SliceThickness \(1.5, 3.00\)"),
 ])
 def test_malformed_series_are_one_line_naming_the_series(real_ct_small, tmp_path, problem, message):
     write_series(real_ct_small, tmp_path / "in" / "bad", "1.2.3.9", **problem)
