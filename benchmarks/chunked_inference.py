@@ -6,7 +6,9 @@ Modes, each in its own process (peak RSS = that process's VmHWM, measured by the
     ``--max_ram_gb``;
 (c) ``chunked_crop``: (b) with ``--body_crop``;
 (d) ``chunked_dicom``: (b) on the same scan written as a DICOM series (one file per slice, written before the
-    timing), read slab by slab as the command reads DICOM input.
+    timing), read slab by slab as the command reads DICOM input;
+(e) ``chunked_dicom_seg``: (d), then the labels written as a DICOM SEG (``--output_type dicom_seg``; its time
+    is reported apart, the peak RSS covers both).
 Agreement with (a): the fraction of voxels with the same label and the per-label Dice.
 
 Scans: head-to-knee phantoms with a table at 0.8 x 0.8 x 1.5 mm, ``--size`` in-plane (default 525) and
@@ -75,7 +77,8 @@ def write_dicom_series(nifti: Path, folder: Path) -> None:
             position = "\\".join(f"{v:.6f}" for v in ct.TransformIndexToPhysicalPoint((0, 0, i)))
             for key, value in {"0008|0060": "CT", "0020|000e": "1.2.826.0.1.3680043.2.1125.42", "0010|0020": "BENCH",
                                "0020|0011": "1", "0020|0037": orientation, "0020|0032": position,
-                               "0020|0013": str(i + 1)}.items():
+                               "0020|0013": str(i + 1), "0020|000d": "1.2.826.0.1.3680043.2.1125.43",
+                               "0020|0052": "1.2.826.0.1.3680043.2.1125.44"}.items():
                 image.SetMetaData(key, value)
             writer.SetFileName(str(folder / f"IM{i:05d}.dcm"))
             writer.Execute(image)
@@ -108,7 +111,7 @@ def worker(args) -> None:
         body = BodyCropSettings() if args.worker == "chunked_crop" else None
         chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
         chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
-    if args.worker == "chunked_dicom":
+    if args.worker.startswith("chunked_dicom"):
         from nnunet_ctorg.inference.chunked_predictor import read_ct_lazily
         from nnunet_ctorg.inference.dicom_series import find_dicom_series
 
@@ -130,6 +133,13 @@ def worker(args) -> None:
         info = {"chunks": len(chunked.last_chunks), "base_rss_gb": chunked.base_gb,
                 "estimate_gb": getattr(chunked, "last_estimate_gb", None), "tiles_run": chunked.last_tiles}
     seconds = time.perf_counter() - t
+    if args.worker == "chunked_dicom_seg":
+        from nnunet_ctorg.inference.dicom_seg import write_dicom_seg
+
+        t = time.perf_counter()
+        write_dicom_seg(labels, series.files, predictor.dataset_json["labels"], Path(args.out + ".dcm"), "benchmark")
+        info["seg_seconds"] = time.perf_counter() - t
+        info["seg_mb"] = Path(args.out + ".dcm").stat().st_size / 1e6
     np.save(args.out, labels)
     print(json.dumps({"mode": args.worker, "seconds": seconds, "peak_rss_gb": peak_rss_gb(), **info}))
 
@@ -157,7 +167,7 @@ def run_scan(ct: str, args, tmp: Path) -> dict:
                "--standin_classes", str(args.standin_classes)]
         if args.model:
             cmd += ["--model", args.model]
-        if mode == "chunked_dicom":
+        if mode.startswith("chunked_dicom"):
             cmd += ["--dicom_dir", str(tmp / f"{Path(ct).name}.dicom")]
         if args.max_ram_gb:
             cmd += ["--max_ram_gb", str(args.max_ram_gb)]
@@ -211,7 +221,7 @@ def main() -> None:
         for name, path, n in scans:
             if n is not None:
                 make_phantom(Path(path), n, args.size)
-            if "chunked_dicom" in args.modes:
+            if any(m.startswith("chunked_dicom") for m in args.modes):
                 write_dicom_series(Path(path), tmp / f"{Path(path).name}.dicom")
             print(name, flush=True)
             results = run_scan(path, args, tmp)

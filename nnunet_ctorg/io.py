@@ -189,7 +189,8 @@ def count_non_finite(path: str | os.PathLike) -> int:
     else:
         import SimpleITK as sitk
 
-        data = sitk.GetArrayViewFromImage(read_image(path))
+        image = read_image(path)  # a view of a temporary image would read freed memory
+        data = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(data.dtype, np.floating):
         return 0
     return int(data.size - np.count_nonzero(np.isfinite(data)))
@@ -269,4 +270,57 @@ def load_label_map(path: str | os.PathLike) -> dict[str, int]:
             raise ValueError(f"label file {path}: region-based or non-integer labels are not supported: {bad}")
         labels = {str(k): int(v) for k, v in spec.items()}
     labels.setdefault("background", 0)
+    return labels
+
+
+def label_ids_of_images(paths: list[Path], what: str) -> set[int]:
+    """The label values found in ``paths`` (each read whole, one at a time); non-integer or negative ones are
+    errors naming the file."""
+    import SimpleITK as sitk
+
+    ids: set[int] = set()
+    for path in paths:
+        image = read_image(path, f"{what} {Path(path).name}")  # kept alive while its view is read
+        values = np.unique(sitk.GetArrayViewFromImage(image))
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values))):
+            raise ValueError(f"{what} {Path(path).name}: label values must be integers")
+        if values.size and values.min() < 0:
+            raise ValueError(f"{what} {Path(path).name}: negative label value {values.min()}")
+        ids.update(int(v) for v in values)
+    return ids
+
+
+def label_map_from_ids(ids: set[int], what: str) -> tuple[dict[str, int], str]:
+    """A label map for label files without a ``dataset.json``, and the one line saying how it was made.
+
+    The default scheme's names (``nnunet_ctorg.labels.DEFAULT_LABELS``) when every id found is one of its ids, else
+    ``label_<id>``. Only the ids found are in the map.
+    """
+    from nnunet_ctorg.labels import DEFAULT_LABELS
+
+    organs = sorted(ids - {0})
+    names = {i: n for n, i in DEFAULT_LABELS.items()}
+    if all(i in names for i in organs):
+        labels = {"background": 0, **{names[i]: i for i in organs}}
+        how = "taken as the default scheme's " + (", ".join(f"{i} {names[i]}" for i in organs) or "(none)")
+    else:
+        labels = {"background": 0, **{f"label_{i}": i for i in organs}}
+        shown = ", ".join(map(str, organs[:12])) + (f", ... ({len(organs)} ids)" if len(organs) > 12 else "")
+        how = f"named label_<id> (ids {shown} do not all fit the default scheme's 1-{max(names)})"
+    return labels, f"no label map (-djfile) or dataset.json: the label ids of {what} {how}"
+
+
+def resolve_label_map(djfile: str | os.PathLike | None, candidates: list[Path], label_files: list[Path],
+                      what: str) -> dict[str, int]:
+    """Organ name -> id from ``djfile``, else from the first existing ``dataset.json`` of ``candidates``, else from
+    the ids in ``label_files`` (:func:`label_map_from_ids`, said in one printed line)."""
+    if djfile is not None:
+        return load_label_map(djfile)
+    for candidate in candidates:
+        if Path(candidate).is_file():
+            return load_label_map(candidate)
+    if not label_files:
+        raise ValueError(f"no label map (-djfile), no dataset.json and no {what} to take the label ids from")
+    labels, line = label_map_from_ids(label_ids_of_images(label_files, what), what)
+    print(line)
     return labels

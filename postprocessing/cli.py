@@ -70,19 +70,25 @@ def main(argv: list[str] | None = None) -> None:
                     "label map (see nnunet_ctorg.postprocessing.organ_cleanup). Re-running skips finished files.")
     parser.add_argument("-i", required=True, help="folder of segmentations (NIfTI/NRRD/MHA)")
     parser.add_argument("-o", required=True, help="output folder (must differ from -i)")
-    parser.add_argument("-djfile", required=True, help="dataset.json or {id: name} JSON with the organ names")
+    parser.add_argument("-djfile", default=None,
+                        help="dataset.json or {id: name} JSON with the organ names; default: dataset.json in -i "
+                             "(nnUNetv2_predict writes one), else the label ids found in the files (the default "
+                             "scheme's names when they fit it, else label_<id>, which get the generic rule; said in "
+                             "one line)")
     parser.add_argument("--rules", default=None,
                         help='JSON overriding rules per organ, e.g. {"bone": {"min_island_mm3": 50}}')
     parser.add_argument("-np", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="redo files that exist in -o")
     args = parser.parse_args(argv)
 
-    from nnunet_ctorg.io import load_label_map
+    from nnunet_ctorg.io import list_images, resolve_label_map
     from nnunet_ctorg.postprocessing.organ_cleanup import load_rule_overrides
 
     try:
         overrides = load_rule_overrides(args.rules) if args.rules else None
-        summary = postprocess_folder(args.i, args.o, load_label_map(args.djfile), overrides, args.np, args.overwrite)
+        labels = resolve_label_map(args.djfile, [Path(args.i) / "dataset.json"], list_images(args.i),
+                                   "the segmentations")
+        summary = postprocess_folder(args.i, args.o, labels, overrides, args.np, args.overwrite)
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_postprocess: error: {e}")
     print(f"{len(summary['written'])} written, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed")

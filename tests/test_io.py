@@ -106,3 +106,13 @@ def test_conform_geometry_measures_the_shift_along_the_voxel_axes():
     mask.CopyInformation(image)
     mask.SetOrigin((0.9, 0.0, 0.0))  # 0.9 mm along world x: 0.45 of a 2-mm voxel
     assert conform_geometry(mask, image, "m")[1] == {"origin_shift_voxels": 0.45, "direction_rad": 0.0}
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".mha", ".nrrd"])
+def test_non_finite_voxels_are_counted_in_every_format(tmp_path, ending):
+    from nnunet_ctorg.io import count_non_finite
+
+    array = np.zeros((20, 30, 40), np.float32)
+    array[1, 2, 3], array[4, 5, 6], array[7, 8, 9] = np.nan, np.inf, -np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"ct{ending}"))
+    assert count_non_finite(tmp_path / f"ct{ending}") == 3

@@ -2,6 +2,11 @@
 
 import argparse
 import sys
+from pathlib import Path
+
+DJFILE_HELP = ("dataset.json or {{id: name}} JSON with the label names; default: dataset.json in {where}, else the "
+               "label ids found in the files (the default scheme's names when they fit it, else label_<id>; said in "
+               "one line)")
 
 
 def _organ_tolerance(text: str) -> tuple[str, float]:
@@ -28,7 +33,8 @@ def evaluate_main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", required=True, help="output folder for the CSV, JSON and markdown summaries")
     parser.add_argument("-djfile", default=None,
                         help="dataset.json (or {id: name} JSON) with the label map; default: dataset.json in "
-                             "-pred, in -ref or next to -ref")
+                             "-pred, in -ref or next to -ref, else the label ids found in the files (the default "
+                             "scheme's names when they fit it, else label_<id>; said in one line)")
     parser.add_argument("--organs", nargs="+", default=None, help="organs to evaluate (default: all labels)")
     parser.add_argument("--tolerance_mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     parser.add_argument("--organ_tolerance", nargs="+", type=_organ_tolerance, default=[], metavar="ORGAN=MM",
@@ -50,8 +56,6 @@ def evaluate_main(argv: list[str] | None = None) -> None:
                          num_processes=args.np, preview_ct_dir=args.previews, progress=not args.quiet)
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_evaluate: error: {e}")
-    from pathlib import Path
-
     print((Path(args.o) / SUMMARY_MD).read_text())
 
 
@@ -63,16 +67,18 @@ def statistics_main(argv: list[str] | None = None) -> None:
     parser.add_argument("-i", required=True, help="CT image (NIfTI/NRRD/MHA, HU)")
     parser.add_argument("-s", required=True, help="segmentation of the CT (same geometry)")
     parser.add_argument("-o", required=True, help="output JSON file")
-    parser.add_argument("-djfile", required=True, help="dataset.json or {id: name} JSON with the label names")
+    parser.add_argument("-djfile", default=None, help=DJFILE_HELP.format(where="the segmentation's folder"))
     args = parser.parse_args(argv)
 
     import json
 
     from nnunet_ctorg.evaluation.statistics import statistics_of_files
-    from nnunet_ctorg.io import load_label_map, write_text_atomic
+    from nnunet_ctorg.io import resolve_label_map, write_text_atomic
 
     try:
-        stats = statistics_of_files(args.i, args.s, load_label_map(args.djfile))
+        seg = Path(args.s)
+        labels = resolve_label_map(args.djfile, [seg.parent / "dataset.json"], [seg], "the segmentation")
+        stats = statistics_of_files(args.i, args.s, labels)
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_statistics: error: {e}")
     write_text_atomic(json.dumps(stats, indent=2), args.o)
@@ -85,16 +91,19 @@ def preview_main(argv: list[str] | None = None) -> None:
     parser.add_argument("-i", required=True, help="folder of CTs (CASE_0000.nii.gz or CASE.nii.gz)")
     parser.add_argument("-s", required=True, help="folder of segmentations (CASE.nii.gz)")
     parser.add_argument("-o", required=True, help="output folder for the PNGs")
-    parser.add_argument("-djfile", required=True, help="dataset.json or {id: name} JSON with the label names")
+    parser.add_argument("-djfile", default=None, help=DJFILE_HELP.format(where="-s"))
     parser.add_argument("-ref", default=None, help="optional folder of reference segmentations, drawn above")
     parser.add_argument("-np", type=int, default=1, help="parallel processes (default 1)")
     args = parser.parse_args(argv)
 
     from nnunet_ctorg.evaluation.previews import preview_folder
-    from nnunet_ctorg.io import load_label_map
+    from nnunet_ctorg.io import list_images, resolve_label_map
 
     try:
-        preview_folder(args.i, args.s, args.o, load_label_map(args.djfile), ref_dir=args.ref, num_processes=args.np,
+        files = list_images(args.s, "segmentation folder") + (list_images(args.ref, "reference folder") if args.ref
+                                                               else [])
+        labels = resolve_label_map(args.djfile, [Path(args.s) / "dataset.json"], files, "the segmentations")
+        preview_folder(args.i, args.s, args.o, labels, ref_dir=args.ref, num_processes=args.np,
                        seg_name="segmentation")
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_preview: error: {e}")

@@ -105,13 +105,9 @@ def _more(cases: list[str]) -> str:
     return f" ({len(cases)} cases in all: {', '.join(cases[:5])}{'...' if len(cases) > 5 else ''})"
 
 
-def find_label_map(ref_dir: Path, pred_dir: Path) -> Path:
-    """dataset.json next to the predictions (nnU-Net writes one) or of the reference's dataset."""
-    for candidate in (pred_dir / "dataset.json", ref_dir / "dataset.json", ref_dir.parent / "dataset.json"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no dataset.json in {pred_dir}, {ref_dir} or {ref_dir.parent}; pass the label map "
-                            f"with -djfile")
+def label_map_candidates(ref_dir: Path, pred_dir: Path) -> list[Path]:
+    """dataset.json next to the predictions (nnU-Net writes one) or of the reference's dataset, in this order."""
+    return [pred_dir / "dataset.json", ref_dir / "dataset.json", ref_dir.parent / "dataset.json"]
 
 
 def summarise(rows: list[dict], organs: list[str]) -> dict:
@@ -183,7 +179,8 @@ def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path, out_dir: str | P
     """Evaluate every case; write the CSV, summary.json and summary.md atomically and return the summary.
 
     Args:
-        labels: organ name -> id; read from ``dataset.json`` (see :func:`find_label_map`) when ``None``.
+        labels: organ name -> id; when ``None`` read from ``dataset.json`` (see :func:`label_map_candidates`), or
+            without one taken from the ids in the files (``nnunet_ctorg.io.resolve_label_map``).
         organs: organs to evaluate (default: every label but background and ``ignore``).
         tolerance_mm, organ_tolerances: NSD tolerance, default and per organ.
         num_processes: cases evaluated in parallel.
@@ -192,14 +189,15 @@ def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path, out_dir: str | P
     """
     import io as _io
 
-    from nnunet_ctorg.io import load_label_map, write_text_atomic
+    from nnunet_ctorg.io import resolve_label_map, write_text_atomic
     from nnunet_ctorg.parallel import map_with_progress
 
     ref_dir, pred_dir, out_dir = Path(ref_dir), Path(pred_dir), Path(out_dir)
-    if labels is None:
-        labels = load_label_map(find_label_map(ref_dir, pred_dir))
-    tolerances = resolve_tolerances(labels, organs, tolerance_mm, organ_tolerances)
     pairs = pair_cases(ref_dir, pred_dir)
+    if labels is None:
+        labels = resolve_label_map(None, label_map_candidates(ref_dir, pred_dir), [p for pair in pairs for p in pair],
+                                   "the reference and predicted files")
+    tolerances = resolve_tolerances(labels, organs, tolerance_mm, organ_tolerances)
     threads = 2 if num_processes == 1 else 1
     work = partial(_evaluate_pair, labels=dict(labels), tolerances=tolerances, threads=threads)
     rows, errors = [], []

@@ -74,6 +74,12 @@ def write_dicom_seg(labels: np.ndarray, files: list[Path], label_map: dict[str, 
         raise ValueError(f"{what}: cannot write a DICOM SEG, the source series has no {', '.join(missing)}")
     if labels.size and labels.max() > len(descriptions):
         raise ValueError(f"{what}: label {labels.max()} has no segment (label map: {len(descriptions)} organs)")
+    if not sources[0].get("SliceThickness"):  # type 2 (may be empty) in CT images, required in a SEG
+        orientation = np.array(sources[0].ImageOrientationPatient, float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        depth = [float(np.array(ds.ImagePositionPatient, float) @ normal) for ds in (sources[0], sources[-1])]
+        for ds in sources:  # the headers in memory, not the files
+            ds.SliceThickness = round(abs(depth[1] - depth[0]) / max(len(sources) - 1, 1), 6)
     try:
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=labels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

@@ -93,3 +93,33 @@ def test_cli_with_tolerances_and_previews(folders, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="nnunet_ctorg_evaluate: error: .*not found"):
         evaluate_main(["-ref", str(folders / "nope"), "-pred", str(folders / "pred"), "-o", str(folders / "o2")])
+
+
+def test_without_dataset_json_the_ids_in_the_files_name_the_organs(folders, capsys):
+    (folders / "pred" / "dataset.json").unlink()
+    summary = evaluate_folders(folders / "ref", folders / "pred", folders / "out", progress=False)
+    assert list(summary["organs"]) == ["liver", "bladder"]  # ids 1 and 2 fit the default scheme
+    assert summary["organs"]["liver"]["dsc"]["mean"] == pytest.approx(2 * 288 / 672)
+    assert capsys.readouterr().out.strip() == (
+        "no label map (-djfile) or dataset.json: the label ids of the reference and predicted files taken as the "
+        "default scheme's 1 liver, 2 bladder")
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(folders / "ref" / "a.nii.gz")))
+    ref[ref == 2] = 12
+    _write(ref, folders / "ref" / "a.nii.gz")
+    summary = evaluate_folders(folders / "ref", folders / "pred", folders / "out", progress=False)
+    assert list(summary["organs"]) == ["label_1", "label_2", "label_12"]
+    assert summary["organs"]["label_12"]["dsc"]["n"] == 2  # 0 in case a (12 vs 2), 1 in b (both empty)
+    assert summary["organs"]["label_12"]["dsc"]["mean"] == 0.5
+    assert "named label_<id> (ids 1, 2, 12 do not all fit the default scheme's 1-8)" in capsys.readouterr().out
+
+
+def test_preview_command_without_label_map(folders, capsys):
+    from nnunet_ctorg.evaluation.cli import preview_main
+
+    (folders / "pred" / "dataset.json").unlink()
+    _write(np.full((12, 20, 20), 40), folders / "ct" / "a_0000.nii.gz")
+    _write(np.full((12, 20, 20), 40), folders / "ct" / "b_0000.nii.gz")
+    preview_main(["-i", str(folders / "ct"), "-s", str(folders / "pred"), "-o", str(folders / "png"),
+                  "-ref", str(folders / "ref")])
+    assert "taken as the default scheme's 1 liver, 2 bladder" in capsys.readouterr().out
+    assert (folders / "png" / "a.png").read_bytes()[:4] == b"\x89PNG"

@@ -41,3 +41,15 @@ def test_geometry_mismatch_is_an_error(real_ct_dir):
 def test_shape_mismatch_in_arrays():
     with pytest.raises(ValueError, match="differ"):
         organ_statistics(np.zeros((2, 2, 2)), np.zeros((2, 2, 3), np.uint8), (1, 1, 1), {"a": 1})
+
+
+def test_statistics_without_label_map_use_the_ids_of_the_segmentation(real_ct_dir, tmp_path, capsys):
+    labels = load_label_map(real_ct_dir / "example_seg_labels.json")  # TotalSegmentator's ids, up to 104
+    out = tmp_path / "stats.json"
+    statistics_main(["-i", str(real_ct_dir / "example_ct_sm.nii.gz"), "-s", str(real_ct_dir / "example_seg.nii.gz"),
+                     "-o", str(out)])
+    stats = json.loads(out.read_text())
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_seg.nii.gz")))
+    assert sorted(stats) == sorted(f"label_{i}" for i in np.unique(seg) if i)
+    assert stats[f"label_{labels['liver']}"]["voxels"] == int(np.count_nonzero(seg == labels["liver"]))
+    assert "named label_<id>" in capsys.readouterr().out

@@ -58,12 +58,17 @@ def test_dicom_seg_needs_dicom_input_and_is_resumed_only_when_written(real_ct_sm
     sitk.WriteImage(real_ct_small, str(tmp_path / "nifti" / "abdomen_0000.nii.gz"))
     with pytest.raises(ValueError, match="--output_type dicom_seg: a DICOM SEG references its source series"):
         predict_folder(chunked, tmp_path / "nifti", tmp_path / "out", progress=False, output_type="dicom_seg")
-    write_series(real_ct_small, tmp_path / "dicom" / "abdomen", "1.2.3.1")
+    no_thickness = {i: {"0018|0050": ""} for i in range(real_ct_small.GetDepth())}  # type 2: may be empty
+    write_series(real_ct_small, tmp_path / "dicom" / "abdomen", "1.2.3.1", changed=no_thickness)
     predict_folder(chunked, tmp_path / "dicom", tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "abdomen.dcm").exists()
     summary = predict_folder(chunked, tmp_path / "dicom", tmp_path / "out", continue_prediction=True,
                              progress=False, output_type="dicom_seg")
     assert summary["predicted"] == ["abdomen"] and (tmp_path / "out" / "abdomen.dcm").is_file()
+    import highdicom as hd
+
+    measures = hd.seg.segread(tmp_path / "out" / "abdomen.dcm").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert float(measures[0].SliceThickness) == pytest.approx(3.0)  # from the positions
 
 
 def test_dicom_seg_refuses_series_without_frame_of_reference(real_ct_small, tmp_path):

@@ -101,3 +101,13 @@ def test_folder_command_is_resumable_and_keeps_geometry(phantom, truth, tmp_path
     assert summary["skipped"] == ["p1.nii.gz"] and not summary["written"]
     with pytest.raises(SystemExit, match="must differ"):
         main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "in"), "-djfile", str(dj)])
+
+
+def test_folder_command_without_label_map_takes_the_default_scheme(phantom, truth, tmp_path, capsys):
+    seg, _ = _damaged(truth)
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(phantom.to_sitk(seg), str(tmp_path / "in" / "p1.nii.gz"))
+    main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert "taken as the default scheme's 1 liver" in capsys.readouterr().out
+    expected = clean_segmentation(seg, phantom.spacing, L)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "p1.nii.gz"))), expected)
