@@ -13,7 +13,8 @@ from nnunet_ctorg.inference.dicom_series import SeriesVolume, find_dicom_series,
 
 def write_series(ct, folder: Path, uid: str, *, patient: str = "P1", number: str = "3", modality: str = "CT",
                  shuffle: bool = True, skip: tuple[int, ...] = (), tilt_mm: float = 0.0,
-                 localizer: bool = False, twice: tuple[int, ...] = (), changed: dict | None = None) -> None:
+                 localizer: bool = False, twice: tuple[int, ...] = (), changed: dict | None = None,
+                 compressor: str | None = None) -> None:
     """One file per slice with the tags a scanner writes; file names shuffled against the slice order.
 
     ``twice``: slices written a second time; ``changed``: {slice: {tag: value}} written over the defaults.
@@ -25,17 +26,22 @@ def write_series(ct, folder: Path, uid: str, *, patient: str = "P1", number: str
         random.Random(uid).shuffle(names)
     current_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the C locale (ASCII) process-wide
     try:
-        _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer, changed or {})
+        _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer, changed or {},
+                      compressor)
     finally:
         locale.setlocale(locale.LC_ALL, current_locale)
 
 
-def _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer, changed) -> None:
+def _write_slices(ct, folder, uid, patient, number, modality, slices, names, tilt_mm, localizer, changed,
+                  compressor) -> None:
     d = ct.GetDirection()
     orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
     writer.SetImageIO("GDCMImageIO")  # no file extension, as PACS exports name them
     writer.KeepOriginalImageUIDOn()
+    if compressor:
+        writer.SetUseCompression(True)
+        writer.SetCompressor(compressor)
     for name, i in zip(names, slices):
         image = ct[:, :, i:i + 1]
         x, y, z = ct.TransformIndexToPhysicalPoint((0, 0, i))
@@ -140,3 +146,24 @@ def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, t
     assert np.array_equal(sitk.GetArrayFromImage(from_dicom), sitk.GetArrayFromImage(from_nifti))
     np.testing.assert_allclose(from_dicom.GetOrigin(), from_nifti.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(from_dicom.GetDirection(), from_nifti.GetDirection(), atol=1e-5)
+
+
+def test_compressed_series_are_read_and_undecodable_ones_named(real_ct_small, tmp_path):
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    write_series(real_ct_small, tmp_path / "j2k", "1.2.3.1", compressor="JPEG2000")
+    write_series(real_ct_small, tmp_path / "mpeg", "1.2.3.2", shuffle=False)
+    ds = pydicom.dcmread(next(iter(sorted((tmp_path / "j2k").iterdir()))))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
+    broken = sorted((tmp_path / "mpeg").iterdir())[5]
+    ds = pydicom.dcmread(broken)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: not an image codec GDCM has
+    ds.PixelData = encapsulate([b"\x00\x01" * 100])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(broken, enforce_file_format=True)
+    series = find_dicom_series(tmp_path)
+    assert np.array_equal(SeriesVolume(series["j2k"])[:], sitk.GetArrayFromImage(real_ct_small))
+    with pytest.raises(ValueError, match=r"^DICOM series mpeg \(1.2.3.2\): cannot be read .* compressed transfer "
+                                         r"syntax GDCM cannot decode\?$"):
+        SeriesVolume(series["mpeg"])[:]
