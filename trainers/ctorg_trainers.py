@@ -12,6 +12,7 @@ from nnunet_ctorg.training.trainers import (  # noqa: F401
     CTOrgIOUTrainer_batchIOU_CEwarmup_demo,
     CTOrgIOUTrainer_batchIOU_demo,
     CTOrgIOUTrainer_batchLogIOU_demo,
+    CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo,
     CTOrgIOUTrainer_demo,
     CTOrgIOUTrainer_demo3x,
     CTOrgIOUTrainer_nnUNetDA,

@@ -128,6 +128,7 @@ class CTOrgIOUTrainer(SeededTraining):
     iou_power: float = 1.0
     iou_log: ClassVar[bool] = True
     iou_over_batch: ClassVar[bool | None] = True  # None: the plans' batch_dice
+    iou_skip_absent: ClassVar[bool] = False
     ce_weight: float = 0.0
     ce_warmup_epochs: ClassVar[int] = 0  # > 0: CE weight decays linearly from 1 to ce_weight over these epochs
     augment_on_device: ClassVar[bool] = True
@@ -243,6 +244,7 @@ class CTOrgIOUTrainer(SeededTraining):
             "ddp": self.is_ddp,
             "power": self.iou_power,
             "log": self.iou_log,
+            "skip_absent": self.iou_skip_absent,
         }
         if self.label_manager.has_regions:
             criterion = DC_and_BCE_loss(
@@ -402,3 +404,9 @@ class CTOrgIOUTrainer_batchLogIOU_demo(CTOrgIOUTrainer_batchIOU_demo):
     """``-log IoU`` over the batch (benchmark candidate, chosen: the configuration of ``CTOrgIOUTrainer_demo``)."""
 
     iou_log = True
+
+
+class CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo(CTOrgIOUTrainer_batchLogIOU_demo):
+    """``-log IoU`` over the batch, classes absent from the batch left out (benchmark candidate)."""
+
+    iou_skip_absent = True

@@ -33,6 +33,14 @@ class SoftIoULoss(nn.Module):
         log: Average ``-log(IoU)`` over the classes instead of ``1 - IoU``: the same optimum, but a
             class whose probabilities the softmax has pushed to 0 keeps a gradient of order
             1/|class| per voxel (with ``1 - IoU`` it vanishes with p, and the class never returns).
+            Computed as ``log(union + s) - log(intersection + s)``, without a clamp that would cut the
+            gradient of a class with IoU below the clamp.
+        skip_absent: Leave out of the mean the classes absent from the reference (sum of y = 0; over the
+            batch with ``batch_dice``, else per example). Their term, ``-log(s / (sum p + s))`` or
+            ``sum p / (sum p + s)``, only pushes the class down everywhere; with ``log`` that push outlasts the
+            pull of the batches that hold the class once its probabilities are small, and a rare class dies
+            (README, "Reliability"). False positives of a class still cost in every batch holding it
+            (they enlarge its union) and in the background's term.
     """
 
     def __init__(
@@ -44,6 +52,7 @@ class SoftIoULoss(nn.Module):
         ddp: bool = True,
         power: float = 1.0,
         log: bool = False,
+        skip_absent: bool = False,
     ) -> None:
         super().__init__()
         if not power > 0:
@@ -57,6 +66,7 @@ class SoftIoULoss(nn.Module):
         self.ddp = ddp
         self.power = float(power)
         self.log = bool(log)
+        self.skip_absent = bool(skip_absent)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return the loss for output ``x`` (b, c, ...) and target ``y``.
@@ -102,7 +112,14 @@ class SoftIoULoss(nn.Module):
             sum_gt = sum_gt.sum(0, dtype=torch.float32)
 
         union = sum_pred + sum_gt - intersect
-        iou = (intersect + self.smooth) / (union + self.smooth).clamp_min(1e-8)
         if self.log:
-            return -torch.log(iou.clamp_min(1e-8)).mean()
-        return 1 - iou.mean()
+            per_class = torch.log((union + self.smooth).clamp_min(1e-8)) - torch.log(
+                (intersect + self.smooth).clamp_min(1e-8))
+        else:
+            per_class = 1 - (intersect + self.smooth) / (union + self.smooth).clamp_min(1e-8)
+        if not self.skip_absent:
+            return per_class.mean()
+        present = sum_gt > 0
+        if not present.any():  # nothing to learn from (e.g. do_bg=False on an empty patch): zero, in the graph
+            return (per_class * 0).sum()
+        return per_class[present].mean()
