@@ -176,10 +176,17 @@ class ChunkedPredictor:
             return None
         return antialiasing_sigma(current, new, float(settings.get("sigma_factor", DEFAULT_SIGMA_FACTOR)))
 
-    def predict_image(self, image, progress: bool = False, what: str = "image") -> np.ndarray:
+    @property
+    def label_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.n_classes <= 256 else np.uint16)
+
+    def predict_image(self, image, progress: bool = False, what: str = "image", out=None) -> np.ndarray | None:
         """Labels (array order of ``sitk.GetArrayFromImage``) of a SimpleITK CT image.
 
-        ``image`` may also be a :class:`~nnunet_ctorg.inference.dicom_series.SeriesVolume`, read slab by slab.
+        ``image`` may also be a :class:`~nnunet_ctorg.inference.dicom_series.SeriesVolume` or a
+        :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiVolume`, read slab by slab. ``out``: a
+        :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter` that receives the labels slab by slab
+        (then ``None`` is returned; the chunk axis must be array axis 0); default: a new array.
         """
         import SimpleITK as sitk
 
@@ -187,16 +194,19 @@ class ChunkedPredictor:
         in_memory = getattr(image, "in_memory", True)
         hu = sitk.GetArrayViewFromImage(image) if in_memory else image
         spacing = image.GetSpacing()[::-1]
-        labels = np.zeros(hu.shape, dtype=np.uint8 if self.n_classes <= 256 else np.uint16)
+        streamed = out is not None
+        if streamed and (axial != 0 or tuple(out.shape) != tuple(hu.shape)):
+            raise ValueError(f"{what}: labels are streamed along array axis 0 of the CT's shape only")
+        labels = out if streamed else np.zeros(hu.shape, dtype=self.label_dtype)
         box = None
         if self.body_crop is not None:
             from nnunet_ctorg.inference.body_crop import body_crop_box
 
             box = body_crop_box(hu, spacing, axial, ap, self.body_crop, what)
-        # the CT (unless read slab by slab), its labels, the label image written
-        volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2)
+        # the CT (unless read slab by slab), its labels and the label image written (unless streamed)
+        volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2 * (not streamed))
         self.predict_array(hu, spacing, axial, labels, progress, what, volume_bytes, body_box=box)
-        return labels
+        return None if streamed else labels
 
     # --- the chunked whole-scan computation ----------------------------------------------------------
 
@@ -209,7 +219,8 @@ class ChunkedPredictor:
         ``volume_bytes``: what the case holds outside the chunks (default: ``hu``, ``out`` and a label
         image); the RAM budget counts it. The chunks used are left in ``self.last_chunks`` (tile rows), the
         clip range of the image resampling (normalised; ``None`` where no clip reaches across chunks) in
-        ``self.last_clip_range``.
+        ``self.last_clip_range``. ``out`` may be a :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter`
+        (``axial`` 0): it gets the exported slabs in order and clears what lies outside ``body_box``.
         """
         import torch
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -222,6 +233,9 @@ class ChunkedPredictor:
         spacing_t = [float(spacing[i]) for i in tf]
         target = list(cm.spacing) if len(cm.spacing) == 3 else [spacing_t[0], *cm.spacing]
 
+        streamed = not getattr(out, "in_memory", True)
+        if streamed:
+            out.keep_box = body_box
         stats = scan_statistics(hu, axial)
         bbox_t = [stats.bbox[i] for i in tf]
         crop_t = [b - a for a, b in bbox_t]
@@ -244,7 +258,8 @@ class ChunkedPredictor:
         row_of = {int(s): i for i, s in enumerate(starts)}
         keep = self._tiles_for_box(body_box, bbox_t, tf, crop_t, net, target, spacing_t, pad_below)
         if keep is None:  # the box misses the scan's non-zero voxels
-            out[...] = 0
+            if not streamed:
+                out[...] = 0
             self.last_chunks, self.last_tiles = [], (0, len(slicers))
             return
         by_row: list[list[tuple]] = [[] for _ in starts]
@@ -317,7 +332,7 @@ class ChunkedPredictor:
                     final, final_lo = final[tuple(index)].clone(), final_lo + max(keep, 0)
         if next_export != crop_t[k]:
             raise RuntimeError(f"{what}: exported {next_export} of {crop_t[k]} slices")
-        if body_box is not None:  # background outside the box
+        if body_box is not None and not streamed:  # background outside the box
             for axis, b in enumerate(body_box):
                 for outside in (slice(0, b.start), slice(b.stop, out.shape[axis])):
                     index = [slice(None)] * 3
@@ -631,16 +646,34 @@ def read_ct_compact(path: Path, what: str):
     return sitk.Cast(image, sitk.sitkInt16) if whole else image
 
 
-def read_ct_lazily(case, what: str):
-    """A DICOM series whose files are its axial slices as a slab-by-slab :class:`SeriesVolume`, else
-    :func:`read_ct_compact`'s image."""
+def read_ct_lazily(case, what: str, temp_dir: str | Path | None = None):
+    """A CT whose array axis 0 runs cranio-caudally, read slab by slab: a DICOM series as a :class:`SeriesVolume`,
+    a NIfTI file as a :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiVolume` (temporary file in
+    ``temp_dir``); anything else :func:`read_ct_compact`'s image."""
     from nnunet_ctorg.inference.dicom_series import DicomSeries, SeriesVolume
 
     if isinstance(case, DicomSeries):
         volume = SeriesVolume(case)
         if image_axes(volume)[0] == 0:  # chunks run along the files
             return volume
+    elif str(case).endswith((".nii", ".nii.gz")) and _slices_along_axis0(case):
+        from nnunet_ctorg.inference.nifti_slabs import NiftiVolume
+
+        return NiftiVolume(case, what, temp_dir)
     return read_ct_compact(case, what)
+
+
+def _slices_along_axis0(path: Path) -> bool:
+    """Whether the image's array axis 0 (its stored z) runs cranio-caudally; ``False`` if unreadable."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        return reader.GetDimension() == 3 and image_axes(reader)[0] == 0
+    except (RuntimeError, ValueError):
+        return False
 
 
 def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str | Path,
@@ -698,8 +731,26 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
             summary["skipped"].append(name)
             continue
         t = time.perf_counter()
+        image = None
         try:
-            image = read_ct_lazily(cases[name], name) if not previews else read_ct_compact(cases[name], name)
+            image = read_ct_lazily(cases[name], name, out_dir) if not previews else read_ct_compact(cases[name],
+                                                                                                   name)
+            if (output_type == "nifti" and not postprocess and file_ending in (".nii.gz", ".nii")
+                    and not getattr(image, "in_memory", True)):  # slab in, slab out
+                from nnunet_ctorg.inference.nifti_slabs import NiftiLabelWriter
+
+                writer = NiftiLabelWriter(out_dir / f"{name}{file_ending}", image.GetSize()[::-1],
+                                          chunked.label_dtype, image.GetOrigin(), image.GetSpacing(),
+                                          image.GetDirection())
+                try:
+                    chunked.predict_image(image, progress=progress, what=name, out=writer)
+                except BaseException:
+                    writer.abort()
+                    raise
+                writer.close()
+                summary["predicted"].append(name)
+                summary["seconds"][name] = round(time.perf_counter() - t, 2)
+                continue
             labels = chunked.predict_image(image, progress=progress, what=name)
             if postprocess:
                 from nnunet_ctorg.postprocessing.organ_cleanup import clean_segmentation
@@ -723,6 +774,9 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
         except (ValueError, OSError, RuntimeError) as e:
             summary["failed"][name] = str(e)
             continue
+        finally:
+            if hasattr(image, "close"):  # a NiftiVolume's temporary file
+                image.close()
         summary["predicted"].append(name)
         summary["seconds"][name] = round(time.perf_counter() - t, 2)
     summary["peak_rss_gb"] = round(peak_rss_gb(), 3)

@@ -257,3 +257,51 @@ def test_log_iou_keeps_the_gradient_of_a_class_the_softmax_has_suppressed():
         grads[log] = float(-z.grad[0, 1][y[0, 0] == 1].mean())  # push of class 1's logit where it belongs
     assert 0 < grads[False] < 1e-6
     assert grads[True] > 1e3 * grads[False] and grads[True] > 1e-3
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_skip_absent_averages_only_the_classes_in_the_reference(batch_dice, log):
+    rng = np.random.default_rng(5)
+    x = torch.softmax(torch.as_tensor(rng.normal(size=(2, 4, 6, 6, 6))), 1)
+    y = torch.as_tensor(rng.integers(0, 2, (2, 1, 6, 6, 6)))  # classes 2 and 3 absent everywhere
+    y[1][y[1] == 1] = 0  # class 1 absent from example 1 only
+    onehot = torch.nn.functional.one_hot(y[:, 0], 4).permute(0, 4, 1, 2, 3).double()
+    axes = (0, 2, 3, 4) if batch_dice else (2, 3, 4)
+    inter, gt = (x * onehot).sum(axes), onehot.sum(axes)
+    iou = (inter + 1e-5) / (x.sum(axes) + gt - inter + 1e-5)
+    per_class = -torch.log(iou) if log else 1 - iou
+    skipping = SoftIoULoss(apply_nonlin=None, batch_dice=batch_dice, smooth=1e-5, ddp=False, log=log,
+                           skip_absent=True)
+    assert float(skipping(x, y)) == pytest.approx(float(per_class[gt > 0].mean()), rel=1e-5)
+    assert (gt > 0).sum() == (2 if batch_dice else 3)
+    every = SoftIoULoss(apply_nonlin=None, batch_dice=batch_dice, smooth=1e-5, ddp=False, log=log)
+    assert float(every(x, y)) == pytest.approx(float(per_class.mean()), rel=1e-5)
+    empty = SoftIoULoss(apply_nonlin=None, do_bg=False, smooth=1e-5, ddp=False, log=log, skip_absent=True)
+    z = x.clone().requires_grad_(True)
+    loss = empty(z, torch.zeros_like(y))  # background only, and background left out: nothing to learn
+    loss.backward()
+    assert loss.item() == 0 and float(z.grad.abs().sum()) == 0
+
+
+def test_skip_absent_stops_batches_without_a_rare_class_from_killing_it():
+    # The rare class (2) holds 8 of 4096 voxels of one batch and none of the next; its logit is 16 below the
+    # others. With -log IoU over the batch the empty batch pushes its logit down harder than the full batch
+    # pulls it up (the trap that lost the bladder); leaving absent classes out, the pull wins.
+    def logit_push(skip_absent: bool) -> float:
+        total = 0.0
+        for holds_class in (True, False):
+            y = torch.zeros((2, 1, 16, 16, 8), dtype=torch.long)
+            y[..., 8:, :] = 1
+            if holds_class:
+                y[0, 0, 2:4, 2:4, 2:4] = 2
+            z = torch.zeros((2, 3, 16, 16, 8))
+            z[:, 2] = -16.0
+            z.requires_grad_(True)
+            SoftIoULoss(apply_nonlin=softmax_helper_dim1, batch_dice=True, smooth=1e-5, ddp=False, log=True,
+                        skip_absent=skip_absent)(z, y).backward()
+            total += float(-z.grad[:, 2].sum())  # > 0: the class's logits are pushed up, overall
+        return total
+
+    assert logit_push(skip_absent=False) < 0
+    assert logit_push(skip_absent=True) > 0
