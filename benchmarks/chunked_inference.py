@@ -3,7 +3,8 @@
 Modes, each in its own process (peak RSS = that process's VmHWM, measured by the OS):
 (a) ``whole``: nnU-Net's own ``nnUNetPredictor.predict_single_npy_array`` on the whole scan;
 (b) ``chunked``: ``ChunkedPredictor`` (what ``nnunet_ctorg_predict_chunked`` runs) with ``--chunk_mm`` /
-    ``--max_ram_gb``;
+    ``--max_ram_gb``, the CT read and the labels written slab by slab as the command does for NIfTI output
+    (``NiftiVolume``, ``NiftiLabelWriter``; the peak RSS is taken before the labels are read back to compare);
 (c) ``chunked_crop``: (b) with ``--body_crop``;
 (d) ``chunked_dicom``: (b) on the same scan written as a DICOM series (one file per slice, written before the
     timing), read slab by slab as the command reads DICOM input;
@@ -111,12 +112,16 @@ def worker(args) -> None:
         body = BodyCropSettings() if args.worker == "chunked_crop" else None
         chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
         chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
+    from nnunet_ctorg.inference.chunked_predictor import read_ct_lazily
+
+    streamed = args.worker in ("chunked", "chunked_crop", "chunked_dicom")  # as the command writes NIfTI
     if args.worker.startswith("chunked_dicom"):
-        from nnunet_ctorg.inference.chunked_predictor import read_ct_lazily
         from nnunet_ctorg.inference.dicom_series import find_dicom_series
 
         (series,) = find_dicom_series(Path(args.dicom_dir)).values()
         image = read_ct_lazily(series, "benchmark")
+    elif streamed:
+        image = read_ct_lazily(Path(args.ct), "benchmark", Path(args.out).parent)
     else:
         image = read_ct_compact(Path(args.ct), "benchmark")
     t = time.perf_counter()
@@ -128,20 +133,34 @@ def worker(args) -> None:
         data = sitk.GetArrayFromImage(image).astype(np.float32)[None]
         labels = predictor.predict_single_npy_array(data, {"spacing": list(image.GetSpacing()[::-1])})
         del data
+    elif streamed and not getattr(image, "in_memory", True):
+        from nnunet_ctorg.inference.nifti_slabs import NiftiLabelWriter
+
+        writer = NiftiLabelWriter(args.out + ".nii.gz", image.GetSize()[::-1], chunked.label_dtype,
+                                  image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+        chunked.predict_image(image, out=writer)
+        writer.close()
     else:
         labels = chunked.predict_image(image)
-        info = {"chunks": len(chunked.last_chunks), "base_rss_gb": chunked.base_gb,
+    if chunked is not None:
+        info = {"chunks": len(chunked.last_chunks), "base_rss_gb": chunked.base_gb, "streamed": streamed,
                 "estimate_gb": getattr(chunked, "last_estimate_gb", None), "tiles_run": chunked.last_tiles}
     seconds = time.perf_counter() - t
+    peak = peak_rss_gb()  # before the streamed labels are read back for the comparison
+    if hasattr(image, "close"):
+        image.close()
+    if streamed and not getattr(image, "in_memory", True):
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(args.out + ".nii.gz"))
     if args.worker == "chunked_dicom_seg":
         from nnunet_ctorg.inference.dicom_seg import write_dicom_seg
 
         t = time.perf_counter()
         write_dicom_seg(labels, series.files, predictor.dataset_json["labels"], Path(args.out + ".dcm"), "benchmark")
         info["seg_seconds"] = time.perf_counter() - t
+        peak = peak_rss_gb()
         info["seg_mb"] = Path(args.out + ".dcm").stat().st_size / 1e6
     np.save(args.out, labels)
-    print(json.dumps({"mode": args.worker, "seconds": seconds, "peak_rss_gb": peak_rss_gb(), **info}))
+    print(json.dumps({"mode": args.worker, "seconds": seconds, "peak_rss_gb": peak, **info}))
 
 
 def dice_per_label(a, b) -> dict:
