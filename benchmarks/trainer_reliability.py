@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_TRAINERS = ("nnUNetTrainer_CTOrgDemo", "CTOrgIOUTrainer_plainIOU_demo", "CTOrgIOUCETrainer_demo",
-                    "CTOrgIOUTrainer_batchIOU_demo", "CTOrgIOUTrainer_batchIOU_CEwarmup_demo")
+                    "CTOrgIOUTrainer_batchIOU_demo", "CTOrgIOUTrainer_batchIOU_CEwarmup_demo",
+                    "CTOrgIOUTrainer_batchLogIOU_demo", "CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo")
 
 
 def training_seconds(fold_dir: Path) -> float:

@@ -229,6 +229,17 @@ def test_iou_over_the_batch_and_the_plans_batch_dice(planned_dataset):
     assert iou_ce.loss.dc.batch_dice is False and iou_ce.loss.weight_ce == 1 and iou_ce.loss.dc.log is False
 
 
+def test_the_chosen_loss_skips_absent_classes_and_the_candidates_keep_theirs(planned_dataset):
+    # the reliability benchmark's choice: -log IoU over the batch and the classes present in it
+    for cls in (ours.CTOrgIOUTrainer, ours.CTOrgIOUTrainer_demo, ours.CTOrgIOUTrainer_demo3x,
+                ours.CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo):
+        dc = _trainer(cls, *planned_dataset, batch_dice=False)._build_loss().loss.dc
+        assert (dc.log, dc.batch_dice, dc.skip_absent, dc.do_bg) == (True, True, True, True), cls.__name__
+    for cls in (ours.CTOrgIOUTrainer_plainIOU, ours.CTOrgIOUCETrainer, ours.CTOrgIOUTrainer_batchLogIOU_demo,
+                ours.CTOrgIOUTrainer_batchIOU_demo):
+        assert _trainer(cls, *planned_dataset)._build_loss().loss.dc.skip_absent is False, cls.__name__
+
+
 def test_cross_entropy_warmup_decays_linearly_to_the_final_weight(planned_dataset, monkeypatch):
     trainer = _trainer(ours.CTOrgIOUTrainer_batchIOU_CEwarmup_demo, *planned_dataset)
     n = trainer.ce_warmup_epochs
