@@ -100,6 +100,9 @@ def main() -> None:
                              "first (trainer). Default: seed")
     parser.add_argument("--num_train", type=int, default=10, help="training phantoms. Default: 10 (the demo's)")
     parser.add_argument("--num_test", type=int, default=3, help="held-out phantoms. Default: 3 (the demo's)")
+    parser.add_argument("--spacing", nargs=3, type=float, default=[6.0, 6.0, 6.0], metavar=("X", "Y", "Z"),
+                        help="phantom spacing in mm (use a new working folder per spacing). Default: 6 6 6 (the "
+                             "demo's)")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda"], help="Default: cpu")
     parser.add_argument("-np", type=int, default=min(os.cpu_count() or 1, 2),
                         help="processes for the phantoms and preprocessing. Default: min(CPUs, 2)")
@@ -125,7 +128,7 @@ def main() -> None:
         return
     (work / "logs").mkdir(parents=True, exist_ok=True)
     raw = prepare_demo_dataset(work, args.num_train, args.num_test, args.np, nnunet_environment(work),
-                               work / "logs" / "prepare.txt")
+                               work / "logs" / "prepare.txt", spacing=tuple(args.spacing))
     pairs = ([(t, s) for s in args.seeds for t in args.trainers] if args.order == "seed"
              else [(t, s) for t in args.trainers for s in args.seeds])
     results = []

@@ -132,20 +132,23 @@ def trained_seed(fold_dir: Path) -> int | None:
 
 
 def prepare_demo_dataset(work_dir: Path, n_train: int, n_test: int, num_processes: int, env: dict[str, str],
-                         log: Path) -> Path:
-    """Steps 1-2: phantoms, conversion, nnU-Net planning and preprocessing. Returns the raw dataset folder."""
+                         log: Path, spacing: tuple[float, float, float] = DEMO_SPACING) -> Path:
+    """Steps 1-2: phantoms, conversion, nnU-Net planning and preprocessing. Returns the raw dataset folder.
+
+    ``spacing`` (x, y, z mm) of the phantoms: the demo's 6 mm, or finer for ``benchmarks/trainer_reliability.py``.
+    """
     from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
     from nnunet_ctorg.label_scheme import DEFAULT_SCHEME, LabelScheme
     from nnunet_ctorg.labels import CTORG_LABELS
     from nnunet_ctorg.phantoms.cli import generate_dataset
 
     ds = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
-    print(f"[1/5] phantom CT-ORG dataset: {n_train} training + {n_test} test cases at {DEMO_SPACING} mm", flush=True)
+    print(f"[1/5] phantom CT-ORG dataset: {n_train} training + {n_test} test cases at {spacing} mm", flush=True)
     phantoms = work_dir / "ctorg_phantoms"
     # CT-ORG keeps cases 0-20 for testing: test phantoms are 0.., training phantoms 21..
-    generate_dataset("ctorg", str(phantoms), n_test, DEMO_FOV, DEMO_SPACING, seed=0, first_id=0,
+    generate_dataset("ctorg", str(phantoms), n_test, DEMO_FOV, spacing, seed=0, first_id=0,
                      num_processes=num_processes)
-    generate_dataset("ctorg", str(phantoms), n_train, DEMO_FOV, DEMO_SPACING, seed=0, first_id=21,
+    generate_dataset("ctorg", str(phantoms), n_train, DEMO_FOV, spacing, seed=0, first_id=21,
                      num_processes=num_processes)
     # CT-ORG's six organs only: spleen and pancreas of the unified scheme are never annotated here
     ctorg_scheme = LabelScheme.from_dict({"labels": CTORG_LABELS,
