@@ -747,7 +747,7 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
                 except BaseException:
                     writer.abort()
                     raise
-                writer.close()
+                writer.close()  # removes the temporary file itself if it fails
                 summary["predicted"].append(name)
                 summary["seconds"][name] = round(time.perf_counter() - t, 2)
                 continue

@@ -87,6 +87,7 @@ def write_dicom_seg(labels: np.ndarray, files: list[Path], label_map: dict[str, 
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="nnunet-ctorg",
             manufacturer_model_name="nnunet_ctorg_predict_chunked", software_versions=__version__,
             device_serial_number="none", content_label="ORGANS", content_description="nnU-Net organ segmentation",
+            content_creator_name="nnunet-ctorg^", series_description="nnunet-ctorg organs",
             omit_empty_frames=True)
     except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{what}: cannot write a DICOM SEG: {e}") from e

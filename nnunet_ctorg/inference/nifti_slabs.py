@@ -13,6 +13,7 @@ import gzip
 import io
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,25 +47,34 @@ class NiftiVolume:
         if len(size) != 3 or min(size) < 2 or reader.GetNumberOfComponents() != 1:
             raise ValueError(f"{what}: the image must be 3-D with one component, got size {size}")
         self._geometry = (reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection())
-        # nibabel's array proxy, not the raw header: it has the offset really used (some writers store
-        # vox_offset 0 in a .nii, e.g. the real CT of ../shared) and the scaling as applied (none for slope 0)
-        proxy = nibabel.load(str(path)).dataobj
-        if tuple(int(n) for n in proxy.shape) != tuple(size) or getattr(proxy, "order", "F") != "F":
+        # nibabel's array proxy for the layout: it has the data offset really used (some writers store
+        # vox_offset 0 in a .nii, e.g. the real CT of ../shared)
+        try:
+            nifti = nibabel.load(str(path))
+        except Exception as e:  # nibabel's ImageFileError (e.g. a .nii.gz that is not gzip), EOFError, zlib
+            raise ValueError(f"{what}: {path.name} cannot be read as NIfTI ({type(e).__name__}: {e})") from None
+        proxy = nifti.dataobj
+        shape = tuple(int(n) for n in proxy.shape)
+        while len(shape) > 3 and shape[-1] == 1:  # SimpleITK reads x*y*z*1 as 3-D
+            shape = shape[:-1]
+        if shape != tuple(size) or getattr(proxy, "order", "F") != "F":
             raise ValueError(f"{what}: nibabel and SimpleITK disagree on the layout of {path.name}")
         nx, ny, nz = size
         self.shape, self.ndim = (nz, ny, nx), 3
         stored = np.dtype(proxy.dtype)
-        slope, inter = float(proxy.slope), float(proxy.inter)
+        slope, inter = itk_scaling(path)
         scaled = slope != 1 or inter != 0
         # what SimpleITK returns: the stored type, or float32 after a scaling
         kept = np.dtype(np.float32) if scaled or stored.kind == "f" else np.dtype(stored.newbyteorder("="))
-        self.path, self.what = path, what
-        handle, name = tempfile.mkstemp(prefix=".ct-slabs-", suffix=".raw", dir=temp_dir)
-        os.close(handle)
-        self._raw, self._kept = Path(name), kept
+        self.path, self.what, self._kept = path, what, kept
+        # an unlinked temporary file (O_TMPFILE on Linux): nothing is left behind, whatever ends the process
+        self._raw = tempfile.TemporaryFile(dir=temp_dir)
         try:
             integral = self._unpack(path, int(proxy.offset), stored, slope if scaled else None,
                                     inter if scaled else None)
+        except (EOFError, OSError, zlib.error) as e:
+            self.close()
+            raise ValueError(f"{what}: {path.name} cannot be read ({type(e).__name__}: {e})") from None
         except BaseException:
             self.close()
             raise
@@ -76,7 +86,7 @@ class NiftiVolume:
         nz, ny, nx = self.shape
         opener = gzip.open if path.name.endswith(".gz") else open
         integral = True
-        with opener(path, "rb") as source, open(self._raw, "wb") as target:
+        with opener(path, "rb") as source:
             source.seek(offset)
             for start in range(0, nz, SLICES_PER_READ):
                 n = min(SLICES_PER_READ, nz - start)
@@ -95,7 +105,10 @@ class NiftiVolume:
                 if integral:
                     integral = bool(np.all(block == np.round(block))) if block.dtype.kind == "f" else True
                     integral = integral and block.min() >= -32768 and block.max() <= 32767
-                target.write(np.ascontiguousarray(block).tobytes())
+                self._raw.write(np.ascontiguousarray(block).tobytes())
+            while source.read(1 << 20):  # to the end: gzip checks its CRC there
+                pass
+        self._raw.flush()
         return integral
 
     def GetSize(self) -> tuple[int, int, int]:  # noqa: N802 - SimpleITK's names
@@ -122,13 +135,15 @@ class NiftiVolume:
             return np.zeros((0, *(len(range(*i.indices(n))) for i, n in zip(index[1:], self.shape[1:]))), self.dtype)
         first, last = min(z[0], z[-1]), max(z[0], z[-1])
         item = self._kept.itemsize
-        block = np.fromfile(self._raw, self._kept, count=(last - first + 1) * ny * nx, offset=first * ny * nx * item)
-        block = block.reshape(last - first + 1, ny, nx)[[i - first for i in z]][:, index[1], index[2]]
+        data = os.pread(self._raw.fileno(), (last - first + 1) * ny * nx * item, first * ny * nx * item)
+        block = np.frombuffer(data, self._kept).reshape(last - first + 1, ny, nx)
+        block = block[[i - first for i in z]] if z.step != 1 else block
+        block = block[:, index[1], index[2]]
         return block.astype(self.dtype, copy=False)
 
     def close(self) -> None:
-        """Delete the temporary file."""
-        self._raw.unlink(missing_ok=True)
+        """Release the temporary file."""
+        self._raw.close()
 
     def __enter__(self) -> "NiftiVolume":
         return self
@@ -136,10 +151,21 @@ class NiftiVolume:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        raw = getattr(self, "_raw", None)
-        if raw is not None:
-            raw.unlink(missing_ok=True)
+
+def itk_scaling(path: Path) -> tuple[float, float]:
+    """(slope, intercept) of a NIfTI file as ITK's reader applies them: a slope of 0 or NaN counts as 1, the
+    intercept is added all the same (NaN as 0). nibabel, following the NIfTI standard, drops both when the
+    slope is 0 (and clears them in the header it loads), so the raw header is read here."""
+    import nibabel
+
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+        header = nibabel.Nifti1Header.from_fileobj(f, check=False)
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if slope == 0 or not np.isfinite(slope):
+        slope = 1.0
+    if not np.isfinite(inter):
+        inter = 0.0
+    return slope, inter
 
 
 def nifti_header(shape_zyx: tuple[int, int, int], dtype, origin, spacing, direction):
@@ -213,12 +239,20 @@ class NiftiLabelWriter:
         self.written = z1
 
     def close(self) -> None:
-        """Write the remaining background slices and put the file in place."""
-        self._write_zeros(self.shape[0])
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        """Write the remaining background slices and put the file in place (on failure nothing is left)."""
+        try:
+            self._write_zeros(self.shape[0])
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the half-written file."""
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._file.close()  # may fail again, e.g. on a full disk
+        except OSError:
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)

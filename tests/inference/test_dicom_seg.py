@@ -43,6 +43,10 @@ def test_dicom_seg_reads_back_with_the_segments_and_geometry_of_the_labels(real_
     assert bones.segmented_property_type.value == "91723000"  # not a default-scheme name: anatomical structure
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.1"
     assert seg.StudyInstanceUID == "1.2.826.0.1.3680043.2.1125.7" and seg.PatientID == "P1"
+    array = sitk.GetArrayViewFromImage(labels)
+    non_empty = sum(int(np.any(array[z] == c)) for z in range(array.shape[0]) for c in (1, 2, 3))
+    assert seg.NumberOfFrames == non_empty  # one frame per slice and segment, empty ones left out
+    assert seg.SeriesDescription == "nnunet-ctorg organs" and seg.ContentCreatorName == "nnunet-ctorg^"
     got, expected = _seg_labels_on_grid(seg, labels)
     assert got.size == labels.GetNumberOfPixels()
     assert np.array_equal(got, expected)
@@ -84,3 +88,11 @@ def test_dicom_seg_refuses_series_without_frame_of_reference(real_ct_small, tmp_
     with pytest.raises(ValueError, match="label ids 1..N"):
         write_dicom_seg(labels, files, {"background": 0, "liver": 2}, tmp_path / "seg.dcm", "abdomen")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_segments_leave_out_background_and_ignore():
+    from nnunet_ctorg.inference.dicom_seg import segment_descriptions
+
+    described = segment_descriptions({"background": 0, "liver": 1, "lungs": 2, "ignore": 3})
+    assert [(d.segment_number, d.segment_label) for d in described] == [(1, "liver"), (2, "lungs")]
+    assert described[1].segmented_property_type.value == "39607008"  # SNOMED CT lung
