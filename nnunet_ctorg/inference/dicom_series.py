@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_ctorg.inference.slab_volume import SlabVolume
+
 # DICOM tags as SimpleITK names them
 SERIES_UID, MODALITY, IMAGE_TYPE = "0020|000e", "0008|0060", "0008|0008"
 POSITION, ORIENTATION = "0020|0032", "0020|0037"
@@ -197,15 +199,13 @@ def read_dicom_series(series: DicomSeries):
     return _read_files(series, series.files)
 
 
-class SeriesVolume:
-    """A DICOM series as a (z, y, x) array that reads only the files of the slices it is indexed with.
-
-    Enough of SimpleITK's image interface (``GetSize``, ``GetSpacing``, ``GetOrigin``, ``GetDirection``) for
-    the chunked predictor, which then reads the CT slab by slab instead of holding it whole. Integer pixels
-    (after GDCM's rescale) are returned as int16, others as float32.
+class SeriesVolume(SlabVolume):
+    """A DICOM series as a (z, y, x) array that reads only the files of the slices it is indexed with
+    (:class:`~nnunet_ctorg.inference.slab_volume.SlabVolume`), so the chunked predictor reads the CT slab by
+    slab instead of holding it whole. Integer pixels (after GDCM's rescale) are returned as int16, others as
+    float32.
     """
 
-    in_memory = False
     piece = 16  # files read at once
 
     def __init__(self, series: DicomSeries) -> None:
@@ -218,44 +218,22 @@ class SeriesVolume:
         self._integer = not series.float_pixels and first.GetPixelID() in (
             sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32)
         self.dtype = np.dtype(np.int16 if self._integer else np.float32)
-        self.itemsize = self.dtype.itemsize
         nx, ny = first.GetSize()[:2]
         self.shape = (len(series.files), ny, nx)
-        self.ndim = 3
         # the geometry ITK's series reader gives the whole series: mean slice step from the first and last
         spacing = (*first.GetSpacing()[:2], series.slice_spacing)
         self._geometry = (series.origin, spacing, series.direction)
 
-    def GetSize(self) -> tuple[int, int, int]:  # noqa: N802 - SimpleITK's names
-        return self.shape[::-1]
-
-    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
-        return self._geometry[0]
-
-    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
-        return self._geometry[1]
-
-    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
-        return self._geometry[2]
-
     def _read(self, files: list[Path]):
         return _read_files(self.series, files)
 
-    def __getitem__(self, index) -> np.ndarray:
+    def _read_slices(self, along: range, rows: slice, columns: slice) -> np.ndarray:
         import SimpleITK as sitk
 
-        if not isinstance(index, tuple):
-            index = (index,)
-        index = tuple(index) + (slice(None),) * (3 - len(index))
-        if not all(isinstance(i, slice) for i in index):
-            raise TypeError(f"a SeriesVolume is indexed with slices only, got {index!r}")
-        along = range(*index[0].indices(self.shape[0]))
-        if len(along) == 0:
-            return np.zeros((0, *(len(range(*i.indices(n))) for i, n in zip(index[1:], self.shape[1:]))), self.dtype)
         out = None
         for start in range(0, len(along), self.piece):  # a few files at a time: no second copy of the block
             files = [self.series.files[i] for i in along[start:start + self.piece]]
-            part = sitk.GetArrayViewFromImage(image := self._read(files))[:, index[1], index[2]]
+            part = sitk.GetArrayViewFromImage(image := self._read(files))[:, rows, columns]
             if self._integer and part.dtype.kind == "f":
                 raise ValueError(f"DICOM series {self.series.name}: slices {files[0].name}.. have a fractional "
                                  f"rescale the first slice does not have")

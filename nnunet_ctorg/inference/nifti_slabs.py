@@ -18,19 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_ctorg.inference.slab_volume import SlabVolume
+
 SLICES_PER_READ = 16
 
 
-class NiftiVolume:
-    """A 3-D NIfTI CT as a (z, y, x) array that reads only the slices it is indexed with.
-
-    The interface of :class:`~nnunet_ctorg.inference.dicom_series.SeriesVolume` (``GetSize``, ``GetSpacing``,
-    ``GetOrigin``, ``GetDirection``, ``shape``, ``dtype``, slicing). Values equal ``sitk.ReadImage``'s, as
+class NiftiVolume(SlabVolume):
+    """A 3-D NIfTI CT as a (z, y, x) array that reads only the slices it is indexed with
+    (:class:`~nnunet_ctorg.inference.slab_volume.SlabVolume`). Values equal ``sitk.ReadImage``'s, as
     int16 when they are whole numbers in its range (as ``read_ct_compact`` casts), else float32. Call
     :meth:`close` (or use ``with``) to delete the temporary file.
     """
-
-    in_memory = False
 
     def __init__(self, path: str | os.PathLike, what: str, temp_dir: str | os.PathLike | None = None) -> None:
         import nibabel
@@ -60,7 +58,7 @@ class NiftiVolume:
         if shape != tuple(size) or getattr(proxy, "order", "F") != "F":
             raise ValueError(f"{what}: nibabel and SimpleITK disagree on the layout of {path.name}")
         nx, ny, nz = size
-        self.shape, self.ndim = (nz, ny, nx), 3
+        self.shape = (nz, ny, nx)
         stored = np.dtype(proxy.dtype)
         slope, inter = itk_scaling(path)
         scaled = slope != 1 or inter != 0
@@ -79,7 +77,6 @@ class NiftiVolume:
             self.close()
             raise
         self.dtype = np.dtype(np.int16) if integral else kept
-        self.itemsize = self.dtype.itemsize
 
     def _unpack(self, path: Path, offset: int, stored: np.dtype, slope, inter) -> bool:
         """Stream the voxels into the temporary file; whether every value is whole and fits int16."""
@@ -111,35 +108,14 @@ class NiftiVolume:
         self._raw.flush()
         return integral
 
-    def GetSize(self) -> tuple[int, int, int]:  # noqa: N802 - SimpleITK's names
-        return self.shape[::-1]
-
-    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
-        return self._geometry[0]
-
-    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
-        return self._geometry[1]
-
-    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
-        return self._geometry[2]
-
-    def __getitem__(self, index) -> np.ndarray:
-        if not isinstance(index, tuple):
-            index = (index,)
-        index = tuple(index) + (slice(None),) * (3 - len(index))
-        if not all(isinstance(i, slice) for i in index):
-            raise TypeError(f"a NiftiVolume is indexed with slices only, got {index!r}")
-        z = range(*index[0].indices(self.shape[0]))
+    def _read_slices(self, z: range, rows: slice, columns: slice) -> np.ndarray:
         _, ny, nx = self.shape
-        if len(z) == 0:
-            return np.zeros((0, *(len(range(*i.indices(n))) for i, n in zip(index[1:], self.shape[1:]))), self.dtype)
         first, last = min(z[0], z[-1]), max(z[0], z[-1])
         item = self._kept.itemsize
         data = os.pread(self._raw.fileno(), (last - first + 1) * ny * nx * item, first * ny * nx * item)
         block = np.frombuffer(data, self._kept).reshape(last - first + 1, ny, nx)
         block = block[[i - first for i in z]] if z.step != 1 else block
-        block = block[:, index[1], index[2]]
-        return block.astype(self.dtype, copy=False)
+        return block[:, rows, columns].astype(self.dtype, copy=False)
 
     def close(self) -> None:
         """Release the temporary file."""
