@@ -178,7 +178,9 @@ def _ddp_worker(rank: int, world: int, port: int, logits: torch.Tensor, labels: 
         x = logits[rank::world].clone().requires_grad_(True)
         loss = SoftIoULoss(softmax_helper_dim1, batch_dice=True, smooth=1e-5, ddp=True)(x, labels[rank::world])
         loss.backward()
-        out.put((rank, float(loss), x.grad.clone()))
+        # a NumPy copy travels by value; a tensor would be shared through this process, which may have exited
+        # by the time the parent unpickles it (EOFError under load)
+        out.put((rank, float(loss), x.grad.numpy().copy()))
     finally:
         dist.destroy_process_group()
 
@@ -209,7 +211,7 @@ def test_ddp_all_gather_gives_the_whole_batch_loss_on_every_worker():
     for rank, value, grad in results:
         assert value == pytest.approx(float(expected), rel=1e-5)
         # Each worker's gradient is its share of the whole-batch gradient (DDP averages over workers).
-        assert torch.allclose(grad, x.grad[rank::2] * 2, rtol=1e-4, atol=1e-7)
+        assert torch.allclose(torch.as_tensor(grad), x.grad[rank::2] * 2, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.slow
