@@ -9,7 +9,10 @@ Modes, each in its own process (peak RSS = that process's VmHWM, measured by the
 (d) ``chunked_dicom``: (b) on the same scan written as a DICOM series (one file per slice, written before the
     timing), read slab by slab as the command reads DICOM input;
 (e) ``chunked_dicom_seg``: (d), then the labels written as a DICOM SEG (``--output_type dicom_seg``; its time
-    is reported apart, the peak RSS covers both).
+    is reported apart, the peak RSS covers both);
+(f) ``whole_probabilities``: (a) with ``save_or_return_probabilities``, the probabilities saved as nnU-Net's
+    export saves them (``np.savez_compressed``), and (g) ``chunked_probabilities``: (b) with
+    ``--save_probabilities`` (``ProbabilityWriter``); their largest difference is reported.
 Agreement with (a): the fraction of voxels with the same label and the per-label Dice.
 
 Scans: head-to-knee phantoms with a table at 0.8 x 0.8 x 1.5 mm, ``--size`` in-plane (default 525) and
@@ -108,13 +111,13 @@ def worker(args) -> None:
 
     predictor = load(args)
     chunked = None
-    if args.worker != "whole":  # as the command: the predictor (and its base RSS) before the case is read
+    if not args.worker.startswith("whole"):  # as the command: the predictor (and its base RSS) before the case is read
         body = BodyCropSettings() if args.worker == "chunked_crop" else None
         chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
         chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
     from nnunet_ctorg.inference.chunked_predictor import read_ct_lazily
 
-    streamed = args.worker in ("chunked", "chunked_crop", "chunked_dicom")  # as the command writes NIfTI
+    streamed = args.worker in ("chunked", "chunked_crop", "chunked_dicom", "chunked_probabilities")
     if args.worker.startswith("chunked_dicom"):
         from nnunet_ctorg.inference.dicom_series import find_dicom_series
 
@@ -131,15 +134,27 @@ def worker(args) -> None:
 
         predictor.configuration_manager = with_antialiasing(predictor.configuration_manager)
         data = sitk.GetArrayFromImage(image).astype(np.float32)[None]
-        labels = predictor.predict_single_npy_array(data, {"spacing": list(image.GetSpacing()[::-1])})
+        labels = predictor.predict_single_npy_array(data, {"spacing": list(image.GetSpacing()[::-1])}, None, None,
+                                                    args.worker == "whole_probabilities")
         del data
+        if args.worker == "whole_probabilities":
+            labels, probabilities = labels
+            np.savez_compressed(args.out + ".npz", probabilities=probabilities)
+            del probabilities
     elif streamed and not getattr(image, "in_memory", True):
         from nnunet_ctorg.inference.nifti_slabs import NiftiLabelWriter
+        from nnunet_ctorg.inference.probability_export import ProbabilityWriter, nnunet_properties
 
         writer = NiftiLabelWriter(args.out + ".nii.gz", image.GetSize()[::-1], chunked.label_dtype,
                                   image.GetOrigin(), image.GetSpacing(), image.GetDirection())
-        chunked.predict_image(image, out=writer)
+        probabilities = None
+        if args.worker == "chunked_probabilities":
+            probabilities = ProbabilityWriter(args.out, predictor.label_manager.num_segmentation_heads,
+                                              image.GetSize()[::-1])
+        chunked.predict_image(image, out=writer, probabilities=probabilities)
         writer.close()
+        if probabilities is not None:
+            probabilities.close(nnunet_properties(image, chunked.last_properties))
     else:
         labels = chunked.predict_image(image)
     if chunked is not None:
@@ -208,6 +223,19 @@ def run_scan(ct: str, args, tmp: Path) -> dict:
             r["min_dice_vs_whole"] = min(r["dice_vs_whole"].values(), default=1.0)
             r["rss_ratio"] = r["peak_rss_gb"] / results["whole"]["peak_rss_gb"]
             r["time_ratio"] = r["seconds"] / results["whole"]["seconds"]
+    if "whole_probabilities" in segs and "chunked_probabilities" in segs:
+        difference = 0.0
+        with np.load(tmp / "whole_probabilities.npy.npz") as a, np.load(tmp / "chunked_probabilities.npy.npz") as b:
+            pa, pb = a["probabilities"], b["probabilities"]
+            for c in range(pa.shape[0]):
+                difference = max(difference, float(np.abs(pa[c] - pb[c]).max()))
+        r = results["chunked_probabilities"]
+        r["max_probability_difference"] = difference
+        r["same_label_fraction"] = float(np.mean(segs["chunked_probabilities"] == segs["whole_probabilities"]))
+        r["dice_vs_whole"] = dice_per_label(segs["chunked_probabilities"], segs["whole_probabilities"])
+        r["min_dice_vs_whole"] = min(r["dice_vs_whole"].values(), default=1.0)
+        r["rss_ratio"] = r["peak_rss_gb"] / results["whole_probabilities"]["peak_rss_gb"]
+        r["time_ratio"] = r["seconds"] / results["whole_probabilities"]["seconds"]
     return results
 
 
@@ -254,8 +282,10 @@ def main() -> None:
                 continue
             ratio = (f"{r['rss_ratio']:.2f} | {r['time_ratio']:.2f} | {r['same_label_fraction']:.6f} | "
                      f"{r['min_dice_vs_whole']:.4f}") if "rss_ratio" in r else " | | | "
+            extra = (f" (max prob. difference {r['max_probability_difference']:.1e})"
+                     if "max_probability_difference" in r else "")
             print(f"| {name} | {mode} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {ratio} | "
-                  f"{r.get('chunks', '')} |")
+                  f"{r.get('chunks', '')}{extra} |")
 
 
 if __name__ == "__main__":

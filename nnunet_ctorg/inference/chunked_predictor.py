@@ -130,6 +130,10 @@ class ChunkedPredictor:
         body_crop: crop the scan in-plane to the body before predicting (``None``: no crop).
     """
 
+    # what one preprocessing step reads (original voxels, margins included) and one export step holds (bytes)
+    prep_block_voxels: int = 32 * 2**20
+    export_block_bytes: int = 256 * 2**20
+
     def __init__(self, predictor, chunks: ChunkSettings = ChunkSettings(),
                  body_crop: BodyCropSettings | None = None) -> None:
         self.predictor = predictor
@@ -157,6 +161,7 @@ class ChunkedPredictor:
                              f"{self.export_resampling['order']} (order_z {self.export_resampling['order_z']}); "
                              f"chunked prediction exports nnU-Net's default linear resampling (order <= 1) only")
         self.preprocessor = cm.preprocessor_class(verbose=False)
+        self._with_probabilities = False
         predictor.network.to(predictor.device)
         self.base_gb = current_rss_gb()  # with the model on its device
 
@@ -180,13 +185,16 @@ class ChunkedPredictor:
     def label_dtype(self) -> np.dtype:
         return np.dtype(np.uint8 if self.n_classes <= 256 else np.uint16)
 
-    def predict_image(self, image, progress: bool = False, what: str = "image", out=None) -> np.ndarray | None:
+    def predict_image(self, image, progress: bool = False, what: str = "image", out=None,
+                      probabilities=None) -> np.ndarray | None:
         """Labels (array order of ``sitk.GetArrayFromImage``) of a SimpleITK CT image.
 
         ``image`` may also be a :class:`~nnunet_ctorg.inference.dicom_series.SeriesVolume` or a
         :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiVolume`, read slab by slab. ``out``: a
         :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter` that receives the labels slab by slab
         (then ``None`` is returned; the chunk axis must be array axis 0); default: a new array.
+        ``probabilities``: a :class:`~nnunet_ctorg.inference.probability_export.ProbabilityWriter` that receives
+        nnU-Net's class probabilities (``--save_probabilities``; the labels are then their argmax, as in nnU-Net).
         """
         import SimpleITK as sitk
 
@@ -205,13 +213,15 @@ class ChunkedPredictor:
             box = body_crop_box(hu, spacing, axial, ap, self.body_crop, what)
         # the CT (unless read slab by slab), its labels and the label image written (unless streamed)
         volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2 * (not streamed))
-        self.predict_array(hu, spacing, axial, labels, progress, what, volume_bytes, body_box=box)
+        self.predict_array(hu, spacing, axial, labels, progress, what, volume_bytes, body_box=box,
+                           probabilities=probabilities)
         return None if streamed else labels
 
     # --- the chunked whole-scan computation ----------------------------------------------------------
 
     def predict_array(self, hu: np.ndarray, spacing, axial: int, out: np.ndarray, progress: bool = False,
-                      what: str = "image", volume_bytes: int | None = None, body_box: tuple | None = None) -> None:
+                      what: str = "image", volume_bytes: int | None = None, body_box: tuple | None = None,
+                      probabilities=None) -> None:
         """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``.
 
         ``body_box`` (slices of ``hu``): only the tiles that reach the network voxels this box's export
@@ -221,6 +231,9 @@ class ChunkedPredictor:
         clip range of the image resampling (normalised; ``None`` where no clip reaches across chunks) in
         ``self.last_clip_range``. ``out`` may be a :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter`
         (``axial`` 0): it gets the exported slabs in order and clears what lies outside ``body_box``.
+        ``probabilities``: a :class:`~nnunet_ctorg.inference.probability_export.ProbabilityWriter` for nnU-Net's
+        softmax output (background outside ``body_box``). nnU-Net's preprocessing properties of the case (its
+        ``.pkl`` keys) are left in ``self.last_properties``.
         """
         import torch
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -236,9 +249,15 @@ class ChunkedPredictor:
         streamed = not getattr(out, "in_memory", True)
         if streamed:
             out.keep_box = body_box
+        self._with_probabilities = probabilities is not None
+        if probabilities is not None:
+            probabilities.keep_box, probabilities.axis = body_box, axial
         stats = scan_statistics(hu, axial)
         bbox_t = [stats.bbox[i] for i in tf]
         crop_t = [b - a for a, b in bbox_t]
+        self.last_properties = {"shape_before_cropping": tuple(int(hu.shape[i]) for i in tf),
+                                "bbox_used_for_cropping": [[int(a), int(b)] for a, b in bbox_t],
+                                "shape_after_cropping_and_before_resampling": tuple(int(n) for n in crop_t)}
         net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
         data_rs = SlabResampler(crop_t, net, spacing_t, target, k, self.data_resampling, self._sigma(spacing_t, target))
         export_rs = SlabResampler(net, crop_t, target, spacing_t, k, self.export_resampling)
@@ -262,10 +281,10 @@ class ChunkedPredictor:
                 out[...] = 0
             self.last_chunks, self.last_tiles = [], (0, len(slicers))
             return
-        by_row: list[list[tuple]] = [[] for _ in starts]
-        for s in slicers:
+        by_row: list[list[tuple]] = [[] for _ in starts]  # (nnU-Net's position in its loop, slicer)
+        for i, s in enumerate(slicers):
             if all(axis_range(s, d)[0] < keep[d][1] and axis_range(s, d)[1] > keep[d][0] for d in range(3)):
-                by_row[row_of[axis_range(s, k)[0]]].append(s)
+                by_row[row_of[axis_range(s, k)[0]]].append((i, s))
         self.last_tiles = (sum(len(r) for r in by_row), len(slicers))
         if volume_bytes is None:
             volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
@@ -310,7 +329,9 @@ class ChunkedPredictor:
                         weights[tuple(dst[1:])] = acc[f][1][tuple(src[1:])]
                 new_acc.append((logits, weights))
             acc, acc_lo = new_acc, lo
-            rows = [shift_slicer(s, k, lo) for r in range(first, stop) for s in by_row[r]]
+            # in nnU-Net's order: where the chunk axis is not its outer loop, the half-precision sums of a voxel
+            # are then added in nnU-Net's order except across chunk seams
+            rows = [shift_slicer(s, k, lo) for _, s in sorted(t for r in range(first, stop) for t in by_row[r])]
             data = data.to(results_device)
             for f, params in enumerate(folds):
                 self._run_tiles(params, data, rows, acc[f][0], acc[f][1], gaussian, results_device)
@@ -323,7 +344,7 @@ class ChunkedPredictor:
                 stop_export += 1
             if stop_export > next_export:
                 self._export(final, final_lo, need, next_export, stop_export, export_rs, pad_below, net, k,
-                             bbox_t, tb, out)
+                             bbox_t, tb, out, probabilities)
                 next_export = stop_export
                 if next_export < crop_t[k]:  # keep what the next exports read
                     keep = int(need[next_export:, 0].min()) + pb - final_lo
@@ -415,14 +436,27 @@ class ChunkedPredictor:
         shape = list(padded)
         shape[k] = hi - lo
         data = torch.zeros((1, *shape), dtype=torch.float32)
-        if n_hi > n_lo:
-            a, b = data_rs.source_range(n_lo, n_hi)
+        # in blocks of network slices, so that the original slab and its float64 copies stay small
+        per_block = self._prep_block_slices(data_rs, bbox_t, k)
+        for b_lo in range(n_lo, n_hi, per_block):
+            b_hi = min(b_lo + per_block, n_hi)
+            a, b = data_rs.source_range(b_lo, b_hi)
             block = self._normalized_block(hu, tf, axial, bbox_t, k, a, b)
-            values = data_rs.resample(block[0], a, n_lo, n_hi, clip=clip, out_dtype=np.float32)
+            values = data_rs.resample(block[0], a, b_lo, b_hi, clip=clip, out_dtype=np.float32)
+            del block
             dst = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
-            dst[k] = slice(n_lo + pad_below[k] - lo, n_hi + pad_below[k] - lo)
+            dst[k] = slice(b_lo + pad_below[k] - lo, b_hi + pad_below[k] - lo)
             data[(0, *dst)] = torch.from_numpy(np.ascontiguousarray(values))
         return data
+
+    def _prep_block_slices(self, data_rs: SlabResampler, bbox_t, k: int) -> int:
+        """Network slices per preprocessing block: the original slices they read (margins included) hold
+        about :attr:`prep_block_voxels` voxels, at least 8 network slices (all of them if the scan is short)."""
+        plane = float(np.prod([b - a for a, b in bbox_t])) / (bbox_t[k][1] - bbox_t[k][0])
+        n_in, n_out = data_rs.in_shape[k], data_rs.out_shape[k]
+        reach = 0 if data_rs.identity else data_rs.margin + data_rs._order(k) // 2 + 3
+        slices_in = self.prep_block_voxels / plane - 2 * reach
+        return max(int(slices_in * n_out / n_in), 8)
 
     def _run_tiles(self, params, data, slicers, logits, weights, gaussian, results_device) -> None:
         """nnU-Net's sliding-window loop over ``slicers`` (its tile call, mirroring and Gaussian), one fold."""
@@ -477,24 +511,56 @@ class ChunkedPredictor:
             return prediction, start
         return torch.cat([final, prediction], dim=k + 1), final_lo
 
-    def _export(self, final, final_lo, need, o_lo, o_hi, export_rs, pad_below, net, k, bbox_t, tb, out) -> None:
-        """Argmax of the resampled logits of original slices [o_lo, o_hi), written into ``out``."""
+    def _export(self, final, final_lo, need, o_lo, o_hi, export_rs, pad_below, net, k, bbox_t, tb, out,
+                probabilities=None) -> None:
+        """Argmax of the resampled logits of original slices [o_lo, o_hi), written into ``out``, in blocks of
+        about :attr:`export_block_bytes`. With ``probabilities`` (a :class:`ProbabilityWriter`), nnU-Net's
+        ``--save_probabilities`` path: the softmax of the resampled logits goes there and the labels are its argmax.
+        """
+        per_voxel = self._export_bytes_per_voxel(probabilities is not None)
+        plane = float(np.prod([b - a for a, b in bbox_t])) / (bbox_t[k][1] - bbox_t[k][0])
+        per_block = max(int(self.export_block_bytes / (per_voxel * plane)), 1)
+        for b_lo in range(o_lo, o_hi, per_block):
+            self._export_block(final, final_lo, need, b_lo, min(b_lo + per_block, o_hi), export_rs, pad_below, net,
+                               k, bbox_t, tb, out, probabilities)
+
+    def _export_bytes_per_voxel(self, probabilities: bool) -> float:
+        """Bytes an export block holds per original voxel: two float64 steps of one class, its float16 result,
+        the running maximum and its class; with probabilities every class's float16 result, their float32
+        copy and softmax, and the writer's float32 slab."""
+        n = self.predictor.label_manager.num_segmentation_heads
+        return 16.0 + 2.0 + 2.0 + 1.0 + (n * (2.0 + 4.0 + 4.0 + 4.0) if probabilities else 0.0)
+
+    def _export_block(self, final, final_lo, need, o_lo, o_hi, export_rs, pad_below, net, k, bbox_t, tb, out,
+                      probabilities) -> None:
         a, b = int(need[o_lo:o_hi, 0].min()), int(need[o_lo:o_hi, 1].max())
         index = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
         index[k] = slice(a + pad_below[k] - final_lo, b + pad_below[k] - final_lo)
         best = best_class = None
-        dtype = out.dtype
+        channels = []
         for c in range(final.shape[0]):
             channel = final[(c, *index)].numpy()
             channel = export_rs.resample(channel, a, o_lo, o_hi, out_dtype=np.float16)
+            if probabilities is not None:
+                channels.append(channel)
+                continue
             if best is None:
-                best, best_class = np.array(channel), np.zeros(channel.shape, dtype)
+                best, best_class = np.array(channel), np.zeros(channel.shape, out.dtype)
                 continue
             better = channel > best
             best[better] = channel[better]
             best_class[better] = c
         index = [slice(*bbox_t[tb[j]]) for j in range(3)]
         index[tb.index(k)] = slice(bbox_t[k][0] + o_lo, bbox_t[k][0] + o_hi)
+        if probabilities is not None:  # nnU-Net's calls: softmax in float32, then the argmax of the probabilities
+            lm = self.predictor.label_manager
+            stacked = np.stack(channels)
+            del channels
+            probs = lm.apply_inference_nonlin(stacked)
+            del stacked
+            best_class = lm.convert_probabilities_to_segmentation(probs).numpy().astype(out.dtype)
+            probabilities[tuple(index)] = probs.numpy().transpose([0, *[d + 1 for d in tb]])
+            del probs
         out[tuple(index)] = best_class.transpose(tb)
 
     def _rows_per_chunk(self, starts, tile, padded, net, crop_t, k, net_spacing: float, margin: int,
@@ -526,11 +592,11 @@ class ChunkedPredictor:
 
         Terms: the process before the case (measured with the model on its device); the CT and its labels
         (``volume_bytes``); per fold the half-precision logit and weight sums of a chunk and its carried
-        rows; the fold-averaged logits kept for export; and the largest of (a) preprocessing a chunk (the
-        original slab as float32, then its prefiltered float64 copy and the chunk after the first step, or
-        three float64 arrays of the partly resampled chunk; the float32 network input), (b) the network
-        input and a tile's activations, (c) exporting one class (float64 network and original slabs,
-        float16 results, the running maximum and its class).
+        rows; the fold-averaged logits kept for export; and the largest of (a) preprocessing one block of a
+        chunk (its original slab as float32, then its prefiltered float64 copy and the block after the first
+        step, or three float64 arrays of the partly resampled block) while the chunk's float32 network input
+        is filled, (b) the network input and a tile's activations, (c) exporting one block (float64 network
+        slab, :meth:`_export_bytes_per_voxel` per original voxel).
         """
         p = self.predictor
         cm = p.configuration_manager
@@ -540,17 +606,19 @@ class ChunkedPredictor:
         ratio = crop_t[k] / net[k]
         length = (rows - 1) * step + tile  # network slices a chunk spans
         carried = length + tile
-        orig = (length * ratio + 2 * margin) * plane_orig  # the slab a chunk's input is resampled from
         sums = folds * (n_classes + 1) * 2.0 * carried * plane_net
         final = n_classes * 2.0 * carried * plane_net
         data = 4.0 * length * plane_net
-        partly = length * max(plane_orig, plane_net)  # the chunk after its first (cranio-caudal) resampling step
+        block = min(length, max((self.prep_block_voxels / plane_orig - 2 * margin) / ratio, 8))  # network slices
+        orig = min(block * ratio + 2 * margin, crop_t[k]) * plane_orig  # the original slab a block reads
+        partly = block * max(plane_orig, plane_net)  # the block after its first (cranio-caudal) resampling step
         prep = 4.0 * orig + max(8.0 * orig + 8.0 * partly, 24.0 * partly) + data
         features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
                     or [32])[0]
         activations = 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)
-        exported = length * ratio * plane_orig
-        export = 8.0 * length * plane_net + (16.0 + 2.0 + 2.0 + 1.0) * exported
+        per_voxel = self._export_bytes_per_voxel(self._with_probabilities)
+        exported = min(max(self.export_block_bytes / per_voxel, plane_orig), length * ratio * plane_orig)
+        export = 8.0 * (exported / plane_orig / ratio + 2) * plane_net + per_voxel * exported
         return self.base_gb * 1024**3 + volume_bytes + sums + final + max(prep, data + activations, export)
 
     def chunk_logits(self, hu: np.ndarray, spacing: tuple[float, float, float]):
@@ -679,13 +747,14 @@ def _slices_along_axis0(path: Path) -> bool:
 def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str | Path,
                    continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
                    postprocess: bool = False, previews: bool = False, progress: bool = True,
-                   output_type: str = "nifti") -> dict:
+                   output_type: str = "nifti", save_probabilities: bool = False) -> dict:
     """Predict every CT of ``in_dir`` (the ``part_id``-th of ``num_parts`` shares) into ``out_dir``.
 
     Outputs are ``CASE<file_ending>`` with the model's file ending, as ``nnUNetv2_predict`` names them. A folder
     without such files is searched for DICOM series (:mod:`nnunet_ctorg.inference.dicom_series`).
     ``output_type``: ``"nifti"`` (the file ending's format), ``"dicom_seg"`` (``CASE.dcm``, a DICOM SEG that
-    references the input series; DICOM input only) or ``"both"``.
+    references the input series; DICOM input only) or ``"both"``. ``save_probabilities``: also ``CASE.npz`` and
+    ``CASE.pkl`` as ``nnUNetv2_predict --save_probabilities`` writes them (:mod:`.probability_export`).
     """
     import json
 
@@ -727,14 +796,21 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
     summary: dict = {"predicted": [], "skipped": [], "failed": {}, "seconds": {}, "notes": notes}
     for name in tqdm(names, desc="cases", unit="case", disable=not progress):
         targets = [out_dir / f"{name}{ending}" for ending in endings[output_type]]
+        if save_probabilities:
+            targets += [out_dir / f"{name}.npz", out_dir / f"{name}.pkl"]
         if continue_prediction and all(t.is_file() for t in targets):
             summary["skipped"].append(name)
             continue
         t = time.perf_counter()
-        image = None
+        image = probabilities = None
         try:
             image = read_ct_lazily(cases[name], name, out_dir) if not previews else read_ct_compact(cases[name],
                                                                                                    name)
+            if save_probabilities:
+                from nnunet_ctorg.inference.probability_export import ProbabilityWriter
+
+                heads = chunked.predictor.label_manager.num_segmentation_heads
+                probabilities = ProbabilityWriter(out_dir / name, heads, image.GetSize()[::-1], out_dir)
             if (output_type == "nifti" and not postprocess and file_ending in (".nii.gz", ".nii")
                     and not getattr(image, "in_memory", True)):  # slab in, slab out
                 from nnunet_ctorg.inference.nifti_slabs import NiftiLabelWriter
@@ -743,7 +819,9 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
                                           chunked.label_dtype, image.GetOrigin(), image.GetSpacing(),
                                           image.GetDirection())
                 try:
-                    chunked.predict_image(image, progress=progress, what=name, out=writer)
+                    chunked.predict_image(image, progress=progress, what=name, out=writer,
+                                          probabilities=probabilities)
+                    _close_probabilities(probabilities, image, chunked, progress)
                 except BaseException:
                     writer.abort()
                     raise
@@ -751,7 +829,8 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
                 summary["predicted"].append(name)
                 summary["seconds"][name] = round(time.perf_counter() - t, 2)
                 continue
-            labels = chunked.predict_image(image, progress=progress, what=name)
+            labels = chunked.predict_image(image, progress=progress, what=name, probabilities=probabilities)
+            _close_probabilities(probabilities, image, chunked, progress)
             if postprocess:
                 from nnunet_ctorg.postprocessing.organ_cleanup import clean_segmentation
 
@@ -777,12 +856,21 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
         finally:
             if hasattr(image, "close"):  # a NiftiVolume's temporary file
                 image.close()
+            if probabilities is not None:  # a case that failed before its probabilities were written
+                probabilities.abort()
         summary["predicted"].append(name)
         summary["seconds"][name] = round(time.perf_counter() - t, 2)
     summary["peak_rss_gb"] = round(peak_rss_gb(), 3)
     summary["base_rss_gb"] = round(chunked.base_gb, 3)
     write_text_atomic(json.dumps(summary, indent=2), out_dir / f"chunked_prediction_summary_part{part_id}.json")
     return summary
+
+
+def _close_probabilities(probabilities, image, chunked: ChunkedPredictor, progress: bool) -> None:
+    if probabilities is not None:
+        from nnunet_ctorg.inference.probability_export import nnunet_properties
+
+        probabilities.close(nnunet_properties(image, chunked.last_properties), progress)
 
 
 def load_predictor(model_folder: str | Path, folds: list[int | str] | None, checkpoint: str = "checkpoint_final.pth",

@@ -37,6 +37,10 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                         "exported in this process, one at a time, to bound RAM")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases whose output exists")
+    parser.add_argument("--save_probabilities", action="store_true",
+                        help="also write CASE.npz (class probabilities, float32) and CASE.pkl as nnUNetv2_predict "
+                             "does; written slab by slab through a temporary file in the output folder that needs "
+                             "4 bytes x classes x voxels of disk")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (default 1)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0..num_parts-1)")
     parser.add_argument("--chunk_mm", type=float, default=None,
@@ -87,7 +91,7 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
         predictor = load_predictor(model, folds, args.chk, args.device, not args.disable_tta, args.step_size)
         summary = predict_folder(ChunkedPredictor(predictor, chunks, body), args.i, args.o, args.continue_prediction,
                                  args.num_parts, args.part_id, args.postprocess, args.preview, not args.quiet,
-                                 args.output_type)
+                                 args.output_type, args.save_probabilities)
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_predict_chunked: error: {e}")
     print(f"{len(summary['predicted'])} predicted, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed; "

@@ -49,6 +49,34 @@ def test_chunked_labels_are_nnunets(real_ct_6mm, case):
     assert np.mean(labels == reference) >= least
 
 
+@pytest.mark.parametrize("case", ["3-D cubic resampling, mirroring, 2 folds", "separate z",
+                                  "anti-aliased 6 x 9 x 9 mm", "transposed plans"])
+def test_preprocessing_and_export_in_small_blocks_give_nnunets_labels(real_ct_6mm, case, monkeypatch):
+    plans, folds, mirroring, least = EXACT_CASES[case]
+    predictor = standin_predictor(plans, folds, mirroring)
+    reference = nnunet_labels(predictor, real_ct_6mm)
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None))  # one chunk: only the blocks divide it
+    nz, ny, nx = reference.shape
+    chunked.prep_block_voxels = 64 * ny * nx  # a few network slices beyond the spline margins
+    chunked.export_block_bytes = 1  # one original slice per export block
+    calls = {"prep": 0, "export": 0}
+    read, export = ChunkedPredictor._normalized_block, ChunkedPredictor._export_block
+
+    def counted_read(self, *args):
+        calls["prep"] += 1
+        return read(self, *args)
+
+    def counted_export(self, *args):
+        calls["export"] += 1
+        return export(self, *args)
+
+    monkeypatch.setattr(ChunkedPredictor, "_normalized_block", counted_read)
+    monkeypatch.setattr(ChunkedPredictor, "_export_block", counted_export)
+    labels = chunked.predict_image(real_ct_6mm)
+    assert len(chunked.last_chunks) == 1 and calls["prep"] >= 3 and calls["export"] >= 50
+    assert np.mean(labels == reference) >= least
+
+
 def test_labels_do_not_depend_on_the_chunk_length(real_ct_6mm):
     predictor = standin_predictor(standin_plans(spacing=(4.0, 5.0, 5.0), patch=(16, 16, 16)))
     whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None))
