@@ -101,7 +101,7 @@ def clean_segmentation(seg: np.ndarray, spacing: tuple[float, float, float], lab
     voxel_mm3 = float(np.prod(spacing))
     out = seg.copy()
     max_label = max(labels.values())
-    boxes = ndimage.find_objects(out.astype(np.int32, copy=False), max_label=max_label)
+    boxes = ndimage.find_objects(out, max_label=max_label)  # uint8/uint16 as they are: no int32 copy
     for organ, rule in rules.items():
         lab = labels[organ]
         box = boxes[lab - 1] if lab - 1 < len(boxes) else None
@@ -111,7 +111,7 @@ def clean_segmentation(seg: np.ndarray, spacing: tuple[float, float, float], lab
         mask = crop == lab
         kept = _keep_components(mask, rule, voxel_mm3)
         crop[mask & ~kept] = 0
-    boxes = ndimage.find_objects(out.astype(np.int32, copy=False), max_label=max_label)
+    boxes = ndimage.find_objects(out, max_label=max_label)  # uint8/uint16 as they are: no int32 copy
     for organ, rule in rules.items():
         lab = labels[organ]
         box = boxes[lab - 1] if lab - 1 < len(boxes) else None

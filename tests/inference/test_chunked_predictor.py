@@ -342,6 +342,27 @@ def test_postprocess_and_preview_options(ct_folder, tmp_path):
     assert (tmp_path / "out" / "previews" / "case0.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_postprocess_and_preview_are_refused_before_predicting_when_over_the_budget(ct_folder, tmp_path):
+    from nnunet_ctorg.inference.chunked_predictor import POSTPROCESS_BYTES_PER_VOXEL
+
+    chunked = _small_chunked()
+    shape, voxels = (640, 525, 525), 640 * 525 * 525
+    chunked.chunks = ChunkSettings(max_ram_gb=chunked.base_gb + 1.0)
+    chunked.check_whole_volume_steps(shape, 0, postprocess=True, previews=False, what="long")  # 0.82 GB: fits
+    assert POSTPROCESS_BYTES_PER_VOXEL * voxels < 1024**3 < (POSTPROCESS_BYTES_PER_VOXEL + 2) * voxels
+    with pytest.raises(ValueError, match=r"long: --postprocess hold\(s\) whole volumes of this scan: about "
+                                         r"\d+\.\d GB are needed, more than --max_ram_gb"):
+        chunked.check_whole_volume_steps(shape, 2 * voxels, postprocess=True, previews=False, what="long")  # + CT
+    with pytest.raises(ValueError, match="--preview hold"):  # the CT and its LPS copy (2 x 2 B) + 4 B of labels
+        chunked.check_whole_volume_steps(shape, 2 * voxels, postprocess=False, previews=True, what="long")
+    chunked.chunks = ChunkSettings()
+    chunked.check_whole_volume_steps(shape, 2 * voxels, postprocess=True, previews=True, what="long")  # no budget
+    chunked.chunks = ChunkSettings(max_ram_gb=chunked.base_gb + 1e-4)
+    summary = predict_folder(chunked, ct_folder, tmp_path / "out", postprocess=True, progress=False)
+    assert not summary["predicted"] and "--postprocess hold(s) whole volumes" in summary["failed"]["case0"]
+    assert not (tmp_path / "out" / "case0.nii.gz").exists()
+
+
 # --- a real nnU-Net model -------------------------------------------------------------------------------
 
 
