@@ -34,6 +34,9 @@ POINTWISE_NORMALIZATIONS = ("CTNormalization", "NoNormalization")
 # peak of ``clean_segmentation`` (--postprocess) per voxel, its input label volume included: 3.7 measured on a
 # 640 x 725 x 725 head-to-knee phantom's organ labels (the bone's box is the body), with a margin
 POSTPROCESS_BYTES_PER_VOXEL = 5.0
+# the arrays of the memory model times this: allocator overhead and short-lived copies (a 20-class model on
+# a 640-slice scan peaked 3 % above the bare sum)
+ESTIMATE_MARGIN = 1.1
 
 
 def current_rss_gb() -> float:
@@ -553,9 +556,9 @@ class ChunkedPredictor:
     def _export_bytes_per_voxel(self, probabilities: bool) -> float:
         """Bytes an export block holds per original voxel: two float64 steps of one class, its float16 result,
         the running maximum and its class; with probabilities every class's float16 result, their float32
-        copy and softmax, and the writer's float32 slab."""
+        copy and softmax, their transposed copy, and the writer's float32 slab and its box-cleared copy."""
         n = self.predictor.label_manager.num_segmentation_heads
-        return 16.0 + 2.0 + 2.0 + 1.0 + (n * (2.0 + 4.0 + 4.0 + 4.0) if probabilities else 0.0)
+        return 16.0 + 2.0 + 2.0 + 1.0 + (n * (2.0 + 4.0 + 4.0 + 4.0 + 8.0) if probabilities else 0.0)
 
     def _export_block(self, final, final_lo, need, o_lo, o_hi, export_rs, pad_below, net, k, bbox_t, tb, out,
                       probabilities) -> None:
@@ -622,7 +625,7 @@ class ChunkedPredictor:
         chunk (its original slab as float32, then its prefiltered float64 copy and the block after the first
         step, or three float64 arrays of the partly resampled block) while the chunk's float32 network input
         is filled, (b) the network input and a tile's activations, (c) exporting one block (float64 network
-        slab, :meth:`_export_bytes_per_voxel` per original voxel).
+        slab, :meth:`_export_bytes_per_voxel` per original voxel); the arrays times :data:`ESTIMATE_MARGIN`.
         """
         p = self.predictor
         cm = p.configuration_manager
@@ -645,7 +648,8 @@ class ChunkedPredictor:
         per_voxel = self._export_bytes_per_voxel(self._with_probabilities)
         exported = min(max(self.export_block_bytes / per_voxel, plane_orig), length * ratio * plane_orig)
         export = 8.0 * (exported / plane_orig / ratio + 2) * plane_net + per_voxel * exported
-        return self.base_gb * 1024**3 + volume_bytes + sums + final + max(prep, data + activations, export)
+        arrays = volume_bytes + sums + final + max(prep, data + activations, export)
+        return self.base_gb * 1024**3 + ESTIMATE_MARGIN * arrays
 
     def chunk_logits(self, hu: np.ndarray, spacing: tuple[float, float, float]):
         """Class logits of a whole (z, y, x) CT on its own grid, one class at a time, through nnU-Net's pipeline.

@@ -5,9 +5,10 @@
 background 1 outside nnU-Net's crop to non-zero voxels; ``numpy.savez_compressed``) and ``CASE.pkl`` (the
 case's properties: SimpleITK geometry, spacing, and the crop/resampling shapes of the preprocessing)
 (nnunetv2/inference/export_prediction.py). :class:`ProbabilityWriter` writes the same two files: each slab
-goes to its place in an unlinked, uncompressed temporary file (classes x voxels x 4 bytes of disk, not of
-RAM); :meth:`ProbabilityWriter.close` deflates it into the ``.npz`` as ``numpy.savez_compressed`` does
-(a zip64 archive with one deflated ``probabilities.npy``), then both files are renamed into place.
+goes to an unlinked, uncompressed temporary file (classes x voxels x 4 bytes of disk, not of RAM), stored
+slab axis first so that a slab is one write per class; :meth:`ProbabilityWriter.close` deflates it, in the
+array's C order, into the ``.npz`` as ``numpy.savez_compressed`` does (a zip64 archive with one deflated
+``probabilities.npy``), then both files are renamed into place.
 """
 
 import os
@@ -79,8 +80,8 @@ class ProbabilityWriter:
         if self.keep_box is not None:
             kept = self._background(slab_shape)
             box = list(self.keep_box)
-            b = box[self.axis]
-            box[self.axis] = slice(max(b.start or 0, a0) - a0, max(min(b.stop, a1) - a0, 0))
+            b0, b1, _ = box[self.axis].indices(self.shape[self.axis])
+            box[self.axis] = slice(max(b0, a0) - a0, max(min(b1, a1) - a0, 0))
             kept[(slice(None), *box)] = slab[(slice(None), *box)]
             slab = kept
         self._write(slab, a0)
@@ -92,15 +93,43 @@ class ProbabilityWriter:
         slab[0] = 1.0
         return slab
 
+    @property
+    def _slab_voxels(self) -> int:
+        """Voxels of one slice along :attr:`axis`."""
+        return self._voxels // self.shape[self.axis]
+
     def _write(self, slab: np.ndarray, a0: int) -> None:
-        """Put (classes, slab) at slab position ``a0`` along :attr:`axis` of the C-ordered file."""
+        """Put (classes, slab) at slab position ``a0``: the file is (classes, axis, the other axes in order)."""
         fd = self._raw.fileno()
-        strides = np.cumprod([1, *self.shape[::-1]])[::-1][1:]  # voxel strides of (z, y, x)
-        leading = self.shape[:self.axis]
+        stored = np.moveaxis(slab, 1 + self.axis, 1)
         for c in range(self.n_classes):
-            for lead in np.ndindex(*leading):
-                offset = c * self._voxels + int(np.dot(lead, strides[:self.axis])) + a0 * int(strides[self.axis])
-                os.pwrite(fd, np.ascontiguousarray(slab[(c, *lead)], dtype="<f4").tobytes(), 4 * offset)
+            data = np.ascontiguousarray(stored[c], dtype="<f4").tobytes()
+            offset = 4 * (c * self._voxels + a0 * self._slab_voxels)
+            if os.pwrite(fd, data, offset) != len(data):
+                raise OSError(f"{self.npz.name}: short write to the temporary file (disk full?)")
+
+    def _c_order_blocks(self, c: int):
+        """Class ``c`` of the probabilities in the array's C order, as blocks of whole z slices (bytes)."""
+        fd = self._raw.fileno()
+        start = c * self._voxels
+        if self.axis == 0:  # stored in C order already
+            for offset in range(0, self._voxels, READ_BYTES // 4):
+                yield os.pread(fd, 4 * min(READ_BYTES // 4, self._voxels - offset), 4 * (start + offset))
+            return
+        nz, ny, nx = self.shape
+        across = nx if self.axis == 1 else ny  # the other axis besides z
+        per_block = max(READ_BYTES // (4 * ny * nx), 1)
+        for z0 in range(0, nz, per_block):
+            z1 = min(z0 + per_block, nz)
+            block = np.empty((z1 - z0, ny, nx), np.float32)
+            for a in range(self.shape[self.axis]):  # slice a of the slab axis holds z x across, z contiguous
+                data = os.pread(fd, 4 * (z1 - z0) * across, 4 * (start + a * self._slab_voxels + z0 * across))
+                values = np.frombuffer(data, "<f4").reshape(z1 - z0, across)
+                if self.axis == 1:
+                    block[:, a, :] = values
+                else:
+                    block[:, :, a] = values
+            yield block.tobytes()
 
     def close(self, properties: dict, progress: bool = False) -> None:
         """Fill the slabs never written with background, write ``CASE.npz`` and ``CASE.pkl`` (temporary names,
@@ -123,10 +152,10 @@ class ProbabilityWriter:
                                                               "shape": (self.n_classes, *self.shape)})
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"{self.npz.name}", leave=False,
                           disable=not progress) as bar:
-                    for offset in range(0, total, READ_BYTES):
-                        block = os.pread(self._raw.fileno(), min(READ_BYTES, total - offset), offset)
-                        member.write(block)
-                        bar.update(len(block))
+                    for c in range(self.n_classes):
+                        for block in self._c_order_blocks(c):
+                            member.write(block)
+                            bar.update(len(block))
             with open(tmp_pkl, "wb") as f:
                 pickle.dump(properties, f)
             os.replace(tmp_npz, self.npz)

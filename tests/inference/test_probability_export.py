@@ -112,3 +112,28 @@ def test_writer_refuses_bad_input_and_leaves_nothing_on_failure(tmp_path):
     assert np.array_equal(probabilities, expected)
     with open(tmp_path / "b.pkl", "rb") as f:
         assert pickle.load(f) == {"k": 1}
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slabs_in_any_order_along_any_axis_land_in_c_order(tmp_path, monkeypatch, axis):
+    import nnunet_ctorg.inference.probability_export as export
+
+    monkeypatch.setattr(export, "READ_BYTES", 64)  # read back in blocks of one z slice
+    rng = np.random.default_rng(axis)
+    shape, n = (5, 4, 3), 3
+    expected = np.zeros((n, *shape), np.float32)
+    expected[0] = 1
+    writer = ProbabilityWriter(tmp_path / "case", n, shape)
+    writer.axis, writer.keep_box = axis, (slice(1, None), slice(0, -1), slice(None))
+    kept = np.zeros(shape, bool)
+    kept[writer.keep_box] = True
+    cuts = [(a, a + 1) for a in range(shape[axis])]
+    for a0, a1 in [cuts[i] for i in rng.permutation(len(cuts))[:-1]]:  # one slab never written
+        index = [slice(0, 2), slice(1, 4), slice(0, 3)]
+        index[axis] = slice(a0, a1)
+        values = rng.random((n, *[len(range(*i.indices(s))) for i, s in zip(index, shape)])).astype(np.float32)
+        writer[tuple(index)] = values
+        region = expected[(slice(None), *index)]
+        region[...] = np.where(kept[tuple(index)][None], values, region)
+    writer.close({})
+    assert np.array_equal(np.load(tmp_path / "case.npz")["probabilities"], expected)
