@@ -1,6 +1,7 @@
 """``--save_probabilities`` against the files nnU-Net's own predictor writes for the same case."""
 
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -137,3 +138,59 @@ def test_slabs_in_any_order_along_any_axis_land_in_c_order(tmp_path, monkeypatch
         region[...] = np.where(kept[tuple(index)][None], values, region)
     writer.close({})
     assert np.array_equal(np.load(tmp_path / "case.npz")["probabilities"], expected)
+
+
+def _background(n: int, shape) -> np.ndarray:
+    expected = np.zeros((n, *shape), np.float32)
+    expected[0] = 1
+    return expected
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_thick_slabs_across_z_and_read_back_in_several_blocks(tmp_path, monkeypatch, axis):
+    import nnunet_ctorg.inference.probability_export as export
+
+    monkeypatch.setattr(export, "READ_BYTES", 4 * 4 * 3 * 2)  # two z slices per block of five
+    shape, n = (5, 4, 3), 3
+    writer = ProbabilityWriter(tmp_path / "case", n, shape)
+    writer.axis = axis
+    expected = _background(n, shape)
+    index = [slice(None)] * 3
+    index[axis] = slice(0, 2)
+    values = np.random.default_rng(0).random((n, *expected[(0, *index)].shape)).astype(np.float32)
+    writer[tuple(index)] = values
+    expected[(slice(None), *index)] = values
+    writer.close({})
+    assert np.array_equal(np.load(tmp_path / "case.npz")["probabilities"], expected)
+
+
+@pytest.mark.parametrize("axis, box, index", [
+    (0, (slice(0, 1), slice(None), slice(None)), (slice(2, 5), slice(None), slice(None))),  # slab past the box
+    (1, (slice(None), slice(0, -1), slice(None)), (slice(None), slice(3, 4), slice(None))),  # negative stop
+])
+def test_slabs_outside_the_keep_box_are_background(tmp_path, axis, box, index):
+    shape, n = (6, 4, 3), 2
+    writer = ProbabilityWriter(tmp_path / "case", n, shape)
+    writer.axis, writer.keep_box = axis, box
+    writer[index] = np.full((n, *np.zeros(shape)[index].shape), 0.5)
+    writer.close({})
+    assert np.array_equal(np.load(tmp_path / "case.npz")["probabilities"], _background(n, shape))
+
+
+def test_an_unwritten_case_is_background_and_a_failed_close_keeps_older_files(tmp_path):
+    writer = ProbabilityWriter(tmp_path / "empty", 2, (3, 2, 2))
+    writer.close({})
+    assert np.array_equal(np.load(tmp_path / "empty.npz")["probabilities"], _background(2, (3, 2, 2)))
+    with zipfile.ZipFile(tmp_path / "empty.npz") as archive:  # deflated, as numpy.savez_compressed
+        assert archive.getinfo("probabilities.npy").compress_type == zipfile.ZIP_DEFLATED
+    ProbabilityWriter(tmp_path / "two", 2, (2, 2, 2)).abort()  # two classes are enough
+    writer = ProbabilityWriter(tmp_path / "case", 2, (3, 2, 2))
+    with pytest.raises(TypeError):
+        writer[0:1, 0:2] = np.zeros((2, 1, 2, 2))
+    (tmp_path / "case.pkl").write_bytes(b"old")
+    (tmp_path / "case.npz").write_bytes(b"old")
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        writer.close({"unpicklable": lambda: 0})
+    assert writer._raw.closed
+    assert (tmp_path / "case.pkl").read_bytes() == b"old" and (tmp_path / "case.npz").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.npz", "case.pkl", "empty.npz", "empty.pkl"]
