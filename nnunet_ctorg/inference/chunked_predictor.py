@@ -20,6 +20,7 @@ resampling functions other than nnU-Net's default).
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,12 @@ class ChunkedPredictor:
     export_block_bytes: int = 256 * 2**20
 
     def __init__(self, predictor, chunks: ChunkSettings = ChunkSettings(),
-                 body_crop: BodyCropSettings | None = None) -> None:
+                 body_crop: BodyCropSettings | None = None, overlap: bool | None = None) -> None:
         self.predictor = predictor
         self.chunks = chunks
+        # preprocess the next chunk in a thread while the network runs this one (default: on CUDA, where the
+        # network does not need the CPU cores the preprocessing uses)
+        self.overlap = predictor.device.type == "cuda" if overlap is None else bool(overlap)
         self.body_crop = body_crop
         cm = predictor.configuration_manager
         self.n_classes = len(predictor.label_manager.all_labels)
@@ -339,47 +343,52 @@ class ChunkedPredictor:
         final_lo = 0
         next_export = 0
         pb = pad_below[k]
-        for first, stop in tqdm(groups, desc=f"{what} chunks", unit="chunk", leave=False, disable=not progress):
-            lo, hi = int(starts[first]), int(starts[stop - 1]) + tile
-            data = self._network_input(hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi)
-            # carry the sums of slices [lo, previous hi) and start new ones
-            new_acc = []
-            for f in range(len(folds)):
-                logits = torch.zeros((n_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
-                weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
-                if acc is not None:
-                    carried = acc[f][0].shape[k + 1] - (lo - acc_lo)
-                    if carried > 0:
-                        src = [slice(None)] * 4
-                        src[k + 1] = slice(lo - acc_lo, None)
-                        dst = [slice(None)] * 4
-                        dst[k + 1] = slice(0, carried)
-                        logits[tuple(dst)] = acc[f][0][tuple(src)]
-                        weights[tuple(dst[1:])] = acc[f][1][tuple(src[1:])]
-                new_acc.append((logits, weights))
-            acc, acc_lo = new_acc, lo
-            # in nnU-Net's order: where the chunk axis is not its outer loop, the half-precision sums of a voxel
-            # are then added in nnU-Net's order except across chunk seams
-            rows = [shift_slicer(s, k, lo) for _, s in sorted(t for r in range(first, stop) for t in by_row[r])]
-            data = data.to(results_device)
-            for f, params in enumerate(folds):
-                self._run_tiles(params, data, rows, acc[f][0], acc[f][1], gaussian, results_device)
-            del data
-            done = complete_until(starts, padded[k], stop)  # padded slices below are complete
-            final, final_lo = self._finish(acc, acc_lo, done, final, final_lo, k)
-            # export every original slice whose network slices are complete
-            stop_export = next_export
-            while stop_export < crop_t[k] and need[stop_export, 1] + pb <= done:
-                stop_export += 1
-            if stop_export > next_export:
-                self._export(final, final_lo, need, next_export, stop_export, export_rs, pad_below, net, k,
-                             bbox_t, tb, out, probabilities)
-                next_export = stop_export
-                if next_export < crop_t[k]:  # keep what the next exports read
-                    keep = int(need[next_export:, 0].min()) + pb - final_lo
-                    index = [slice(None)] * 4
-                    index[k + 1] = slice(max(keep, 0), None)
-                    final, final_lo = final[tuple(index)].clone(), final_lo + max(keep, 0)
+        def chunk_input(group):
+            lo, hi = int(starts[group[0]]), int(starts[group[1] - 1]) + tile
+            return self._network_input(hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi)
+
+        with closing(self._chunk_inputs(groups, chunk_input)) as inputs:
+            for (first, stop), data in tqdm(zip(groups, inputs), total=len(groups), desc=f"{what} chunks",
+                                            unit="chunk", leave=False, disable=not progress):
+                lo = int(starts[first])
+                # carry the sums of slices [lo, the previous chunk's end) and start new ones
+                new_acc = []
+                for f in range(len(folds)):
+                    logits = torch.zeros((n_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
+                    weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+                    if acc is not None:
+                        carried = acc[f][0].shape[k + 1] - (lo - acc_lo)
+                        if carried > 0:
+                            src = [slice(None)] * 4
+                            src[k + 1] = slice(lo - acc_lo, None)
+                            dst = [slice(None)] * 4
+                            dst[k + 1] = slice(0, carried)
+                            logits[tuple(dst)] = acc[f][0][tuple(src)]
+                            weights[tuple(dst[1:])] = acc[f][1][tuple(src[1:])]
+                    new_acc.append((logits, weights))
+                acc, acc_lo = new_acc, lo
+                # in nnU-Net's order: where the chunk axis is not its outer loop, the half-precision sums of a voxel
+                # are then added in nnU-Net's order except across chunk seams
+                rows = [shift_slicer(s, k, lo) for _, s in sorted(t for r in range(first, stop) for t in by_row[r])]
+                data = data.to(results_device)
+                for f, params in enumerate(folds):
+                    self._run_tiles(params, data, rows, acc[f][0], acc[f][1], gaussian, results_device)
+                del data
+                done = complete_until(starts, padded[k], stop)  # padded slices below are complete
+                final, final_lo = self._finish(acc, acc_lo, done, final, final_lo, k)
+                # export every original slice whose network slices are complete
+                stop_export = next_export
+                while stop_export < crop_t[k] and need[stop_export, 1] + pb <= done:
+                    stop_export += 1
+                if stop_export > next_export:
+                    self._export(final, final_lo, need, next_export, stop_export, export_rs, pad_below, net, k,
+                                 bbox_t, tb, out, probabilities)
+                    next_export = stop_export
+                    if next_export < crop_t[k]:  # keep what the next exports read
+                        keep = int(need[next_export:, 0].min()) + pb - final_lo
+                        index = [slice(None)] * 4
+                        index[k + 1] = slice(max(keep, 0), None)
+                        final, final_lo = final[tuple(index)].clone(), final_lo + max(keep, 0)
         if next_export != crop_t[k]:
             raise RuntimeError(f"{what}: exported {next_export} of {crop_t[k]} slices")
         if body_box is not None and not streamed:  # background outside the box
@@ -388,6 +397,27 @@ class ChunkedPredictor:
                     index = [slice(None)] * 3
                     index[axis] = outside
                     out[tuple(index)] = 0
+
+    def _chunk_inputs(self, groups, chunk_input):
+        """The network input of each chunk in turn; with :attr:`overlap`, the next one is computed in a thread
+        while the caller runs the current one."""
+        if not self.overlap or len(groups) < 2:
+            for group in groups:
+                yield chunk_input(group)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(1, thread_name_prefix="chunk-preprocessing")
+        try:
+            pending = executor.submit(chunk_input, groups[0])
+            for i in range(len(groups)):
+                data = pending.result()
+                if i + 1 < len(groups):
+                    pending = executor.submit(chunk_input, groups[i + 1])
+                yield data
+                del data
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def _tiles_for_box(self, body_box, bbox_t, tf, crop_t, net, target, spacing_t, pad_below):
         """Per transposed axis, the padded network range [a, b) the export of ``body_box`` reads.
@@ -625,7 +655,8 @@ class ChunkedPredictor:
         chunk (its original slab as float32, then its prefiltered float64 copy and the block after the first
         step, or three float64 arrays of the partly resampled block) while the chunk's float32 network input
         is filled, (b) the network input and a tile's activations, (c) exporting one block (float64 network
-        slab, :meth:`_export_bytes_per_voxel` per original voxel); the arrays times :data:`ESTIMATE_MARGIN`.
+        slab, :meth:`_export_bytes_per_voxel` per original voxel); with :attr:`overlap` one more network input,
+        and a block's preprocessing beside the tile activations. The arrays times :data:`ESTIMATE_MARGIN`.
         """
         p = self.predictor
         cm = p.configuration_manager
@@ -648,7 +679,10 @@ class ChunkedPredictor:
         per_voxel = self._export_bytes_per_voxel(self._with_probabilities)
         exported = min(max(self.export_block_bytes / per_voxel, plane_orig), length * ratio * plane_orig)
         export = 8.0 * (exported / plane_orig / ratio + 2) * plane_net + per_voxel * exported
-        arrays = volume_bytes + sums + final + max(prep, data + activations, export)
+        if self.overlap:  # the next chunk's input is made while this one runs, and waits through the export
+            arrays = volume_bytes + sums + final + data + max(prep + activations, data + activations, export)
+        else:
+            arrays = volume_bytes + sums + final + max(prep, data + activations, export)
         return self.base_gb * 1024**3 + ESTIMATE_MARGIN * arrays
 
     def chunk_logits(self, hu: np.ndarray, spacing: tuple[float, float, float]):

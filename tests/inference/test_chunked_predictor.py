@@ -467,3 +467,28 @@ def test_command_errors_name_the_problem(tiny_model, tmp_path):
                               "1", "-device", "cpu"])
     with pytest.raises(SystemExit, match="-d .* or with -m"):
         predict_chunked_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "o")])
+
+
+def test_next_chunk_preprocessed_in_a_thread_gives_the_same_labels(real_ct_6mm, monkeypatch):
+    import threading
+
+    predictor = standin_predictor(standin_plans(spacing=(2.5, 5.0, 5.0), patch=(32, 16, 16)), folds=2)
+    assert not ChunkedPredictor(predictor).overlap  # on the CPU the network needs the cores: off by default
+    reference = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), overlap=False).predict_image(real_ct_6mm)
+    overlapped = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), overlap=True)
+    threads = set()
+    read = ChunkedPredictor._normalized_block
+
+    def recording_read(self, *args):
+        threads.add(threading.current_thread().name)
+        return read(self, *args)
+
+    monkeypatch.setattr(ChunkedPredictor, "_normalized_block", recording_read)
+    labels = overlapped.predict_image(real_ct_6mm)
+    assert len(overlapped.last_chunks) >= 4 and np.array_equal(labels, reference)
+    assert any(name.startswith("chunk-preprocessing") for name in threads)
+    # a failure in the thread reaches the caller
+    monkeypatch.setattr(ChunkedPredictor, "_normalized_block", lambda self, *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        overlapped.predict_image(real_ct_6mm)
+    assert not [t for t in threading.enumerate() if t.name.startswith("chunk-preprocessing")]
