@@ -90,6 +90,11 @@ class ScanStatistics:
     high: list[np.ndarray]
 
 
+def _plane_voxels(bbox, k: int) -> float:
+    """Voxels of one slice across axis ``k`` of the box ``bbox`` (per axis ``(start, stop)``)."""
+    return float(np.prod([b - a for a, b in bbox])) / (bbox[k][1] - bbox[k][0])
+
+
 def _slabs(shape, axis: int, slab: int, box=None):
     """(index along ``axis``, block index) of consecutive slabs of ``slab`` slices, inside ``box`` if given."""
     box = box or [(0, n) for n in shape]
@@ -171,7 +176,6 @@ class ChunkedPredictor:
                              f"{self.export_resampling['order']} (order_z {self.export_resampling['order_z']}); "
                              f"chunked prediction exports nnU-Net's default linear resampling (order <= 1) only")
         self.preprocessor = cm.preprocessor_class(verbose=False)
-        self._with_probabilities = False
         predictor.network.to(predictor.device)
         self.base_gb = current_rss_gb()  # with the model on its device
 
@@ -282,7 +286,6 @@ class ChunkedPredictor:
         streamed = not getattr(out, "in_memory", True)
         if streamed:
             out.keep_box = body_box
-        self._with_probabilities = probabilities is not None
         if probabilities is not None:
             probabilities.keep_box, probabilities.axis = body_box, axial
         stats = scan_statistics(hu, axial)
@@ -323,7 +326,7 @@ class ChunkedPredictor:
             volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
         groups = row_groups(len(starts), self._rows_per_chunk(
             starts, tile, padded, net, crop_t, k, target[k], 0 if data_rs.identity else data_rs.margin + 4,
-            volume_bytes, what))
+            volume_bytes, what, probabilities is not None))
 
         # original slice -> network slices its export reads (unpadded)
         self.last_chunks = groups
@@ -511,7 +514,7 @@ class ChunkedPredictor:
     def _prep_block_slices(self, data_rs: SlabResampler, bbox_t, k: int) -> int:
         """Network slices per preprocessing block: the original slices they read (margins included) hold
         about :attr:`prep_block_voxels` voxels, at least 8 network slices (all of them if the scan is short)."""
-        plane = float(np.prod([b - a for a, b in bbox_t])) / (bbox_t[k][1] - bbox_t[k][0])
+        plane = _plane_voxels(bbox_t, k)
         n_in, n_out = data_rs.in_shape[k], data_rs.out_shape[k]
         reach = 0 if data_rs.identity else data_rs.margin + data_rs._order(k) // 2 + 3
         slices_in = self.prep_block_voxels / plane - 2 * reach
@@ -577,7 +580,7 @@ class ChunkedPredictor:
         ``--save_probabilities`` path: the softmax of the resampled logits goes there and the labels are its argmax.
         """
         per_voxel = self._export_bytes_per_voxel(probabilities is not None)
-        plane = float(np.prod([b - a for a, b in bbox_t])) / (bbox_t[k][1] - bbox_t[k][0])
+        plane = _plane_voxels(bbox_t, k)
         per_block = max(int(self.export_block_bytes / (per_voxel * plane)), 1)
         for b_lo in range(o_lo, o_hi, per_block):
             self._export_block(final, final_lo, need, b_lo, min(b_lo + per_block, o_hi), export_rs, pad_below, net,
@@ -623,7 +626,7 @@ class ChunkedPredictor:
         out[tuple(index)] = best_class.transpose(tb)
 
     def _rows_per_chunk(self, starts, tile, padded, net, crop_t, k, net_spacing: float, margin: int,
-                        volume_bytes: int, what: str) -> int:
+                        volume_bytes: int, what: str, with_probabilities: bool = False) -> int:
         """Tile rows per chunk: from ``chunk_mm``, then as many as the RAM budget (if any) allows."""
         n_rows = len(starts)
         step = (starts[-1] - starts[0]) / (n_rows - 1) if n_rows > 1 else tile
@@ -636,17 +639,19 @@ class ChunkedPredictor:
             return rows
         budget = self.chunks.max_ram_gb * 1024**3
         for r in range(rows, 0, -1):
-            estimate = self.estimate_bytes(r, step, tile, padded, net, crop_t, k, margin, volume_bytes)
+            estimate = self.estimate_bytes(r, step, tile, padded, net, crop_t, k, margin, volume_bytes,
+                                           with_probabilities)
             if estimate <= budget:
                 self.last_estimate_gb = estimate / 1024**3
                 return r
-        need = self.estimate_bytes(1, step, tile, padded, net, crop_t, k, margin, volume_bytes) / 1024**3
+        need = self.estimate_bytes(1, step, tile, padded, net, crop_t, k, margin, volume_bytes,
+                                   with_probabilities) / 1024**3
         raise ValueError(f"{what}: --max_ram_gb {self.chunks.max_ram_gb:g} is too small: about {need:.1f} GB are "
                          f"needed with chunks of one tile row (the model and libraries hold {self.base_gb:.1f} GB, "
                          f"the CT and its labels {volume_bytes / 1024**3:.1f} GB)")
 
     def estimate_bytes(self, rows: int, step: float, tile: int, padded, net, crop_t, k: int, margin: int,
-                       volume_bytes: int) -> float:
+                       volume_bytes: int, with_probabilities: bool = False) -> float:
         """Peak RSS (bytes) of a case predicted in chunks of ``rows`` tile rows.
 
         Terms: the process before the case (measured with the model on its device); the CT and its labels
@@ -676,7 +681,7 @@ class ChunkedPredictor:
         features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
                     or [32])[0]
         activations = 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)
-        per_voxel = self._export_bytes_per_voxel(self._with_probabilities)
+        per_voxel = self._export_bytes_per_voxel(with_probabilities)
         exported = min(max(self.export_block_bytes / per_voxel, plane_orig), length * ratio * plane_orig)
         export = 8.0 * (exported / plane_orig / ratio + 2) * plane_net + per_voxel * exported
         if self.overlap:  # the next chunk's input is made while this one runs, and waits through the export

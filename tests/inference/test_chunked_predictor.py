@@ -198,6 +198,22 @@ def test_ram_budget_chooses_the_rows_or_fails_with_what_is_needed(real_ct_6mm):
         ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=roomy.base_gb)).predict_image(real_ct_6mm)
 
 
+
+def test_ram_budget_counts_the_probabilities(real_ct_6mm, tmp_path):
+    from nnunet_ctorg.inference.probability_export import ProbabilityWriter
+
+    predictor = standin_predictor(standin_plans(spacing=(3.0, 6.0, 6.0), patch=(24, 16, 16)))
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=64))
+    chunked.export_block_bytes = 2**40  # one export block: its size follows the bytes per voxel
+    chunked.predict_image(real_ct_6mm)
+    labels_only = chunked.last_estimate_gb
+    writer = ProbabilityWriter(tmp_path / "case", 4, real_ct_6mm.GetSize()[::-1])
+    chunked.predict_image(real_ct_6mm, probabilities=writer)
+    writer.abort()
+    # 4 classes x 22 bytes per voxel more in the export block (the whole 61 x 51 x 112 scan here)
+    assert chunked.last_estimate_gb - labels_only > 0.9 * 1.1 * 4 * 22 * 61 * 51 * 112 / 1024**3
+
+
 @pytest.mark.parametrize("plans, tiles_run", [(standin_plans(spacing=(4.0, 3.0, 3.0), patch=(16, 32, 32)), 1512 / 1701),
                                               (standin_plans(spacing=(5.0, 4.0, 4.0), patch=(16, 24, 24)), 1224 / 1377),
                                               (standin_plans(spacing=(6.0, 6.0), patch=(32, 32)), 1.0)],
