@@ -63,11 +63,13 @@ class ChunkSettings:
 
     ``chunk_mm="auto"``: 300 mm, or what ``max_ram_gb`` allows if that is less; ``None``: from
     ``max_ram_gb``, or the whole scan when that is ``None`` too. The labels do not depend on the chunk
-    length; RAM and the pre-/post-processing overhead do.
+    length; RAM and the pre-/post-processing overhead do. ``budget_name``: how messages name the budget
+    (the predict command's flag, or the environment variable of a trainer's validation).
     """
 
     chunk_mm: float | str | None = "auto"
     max_ram_gb: float | None = None
+    budget_name: str = "--max_ram_gb"
 
     def __post_init__(self) -> None:
         if self.chunk_mm not in (None, "auto") and not (isinstance(self.chunk_mm, (int, float)) and self.chunk_mm > 0):
@@ -88,6 +90,25 @@ class ScanStatistics:
     bbox: list[tuple[int, int]]
     low: list[np.ndarray]
     high: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class NetworkGrid:
+    """One case's geometry in nnU-Net's transposed axes (``transpose_forward`` ``tf``, backward ``tb``).
+
+    ``k``: the chunk axis; ``bbox_t``: nnU-Net's crop to non-zero voxels; ``crop_t``: the cropped shape;
+    ``net``: the shape on the network grid (before padding to the patch); ``spacing_t``/``target``: the
+    spacings of the original and the network grid.
+    """
+
+    tf: list[int]
+    tb: list[int]
+    k: int
+    bbox_t: list[tuple[int, int]]
+    crop_t: list[int]
+    net: list[int]
+    spacing_t: list[float]
+    target: list[float]
 
 
 def _plane_voxels(bbox, k: int) -> float:
@@ -251,7 +272,7 @@ class ChunkedPredictor:
         if total > self.chunks.max_ram_gb:
             steps = " and ".join(n for n, on in (("--postprocess", postprocess), ("--preview", previews)) if on)
             raise ValueError(f"{what}: {steps} hold(s) whole volumes of this scan: about {total:.1f} GB are needed, "
-                             f"more than --max_ram_gb {self.chunks.max_ram_gb:g}; leave {steps} out (run "
+                             f"more than {self.chunks.budget_name} {self.chunks.max_ram_gb:g}; leave {steps} out (run "
                              f"nnunet_ctorg_postprocess / nnunet_ctorg_preview afterwards) or raise the budget")
 
     # --- the chunked whole-scan computation ----------------------------------------------------------
@@ -272,34 +293,87 @@ class ChunkedPredictor:
         softmax output (background outside ``body_box``). nnU-Net's preprocessing properties of the case (its
         ``.pkl`` keys) are left in ``self.last_properties``.
         """
-        import torch
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-        from tqdm import tqdm
 
         p = self.predictor
         pm, cm = p.plans_manager, p.configuration_manager
-        tf, tb = list(pm.transpose_forward), list(pm.transpose_backward)
-        k = tf.index(axial)
+        tf = list(pm.transpose_forward)
         spacing_t = [float(spacing[i]) for i in tf]
         target = list(cm.spacing) if len(cm.spacing) == 3 else [spacing_t[0], *cm.spacing]
+        stats = scan_statistics(hu, axial)
+        bbox_t = [stats.bbox[i] for i in tf]
+        crop_t = [b - a for a, b in bbox_t]
+        net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
+        grid = NetworkGrid(tf, list(pm.transpose_backward), tf.index(axial), bbox_t, crop_t, net, spacing_t, target)
+        k = grid.k
+        self.last_properties = {"shape_before_cropping": tuple(int(hu.shape[i]) for i in tf),
+                                "bbox_used_for_cropping": [[int(a), int(b)] for a, b in bbox_t],
+                                "shape_after_cropping_and_before_resampling": tuple(int(n) for n in crop_t)}
+        data_rs = SlabResampler(crop_t, net, spacing_t, target, k, self.data_resampling, self._sigma(spacing_t, target))
+        clip = self._clip_ranges(hu, stats, bbox_t, tf, axial, data_rs)
+        self.last_clip_range = clip
+        if volume_bytes is None:
+            volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
 
+        def fill(view, n_lo: int, n_hi: int) -> None:
+            self._resample_network_slices(hu, grid, axial, data_rs, clip, view, n_lo, n_hi)
+
+        margin = 0 if data_rs.identity else data_rs.margin + 4
+        self._predict_chunks(grid, fill, margin, out, progress, what, volume_bytes, body_box, probabilities)
+
+    def predict_preprocessed(self, data, properties: dict, out, progress: bool = False, what: str = "case",
+                             volume_bytes: int = 0, probabilities=None) -> None:
+        """nnU-Net's labels of a case preprocessed by nnU-Net (its validation input), written into ``out``.
+
+        ``data``: the (1, ...) network-grid array of ``nnUNetDataset.load_case`` (blosc2 or numpy; read a chunk
+        of slices at a time), ``properties`` its properties (``spacing``, ``shape_before_cropping``,
+        ``bbox_used_for_cropping``, ``shape_after_cropping_and_before_resampling``). The chunks run along array
+        axis 0 of the image nnU-Net read; ``out`` (shape: ``shape_before_cropping`` transposed back) receives
+        what ``export_prediction_from_logits`` would write, slab by slab along that axis. ``volume_bytes``: what
+        the case holds outside the chunks (the RAM budget counts it).
+        """
+        import torch
+
+        p = self.predictor
+        pm, cm = p.plans_manager, p.configuration_manager
+        if data.ndim != 4 or data.shape[0] != 1:
+            raise ValueError(f"{what}: expected one-channel preprocessed data (1, x, y, z), got shape {data.shape}")
+        tf = list(pm.transpose_forward)
+        spacing_t = [float(properties["spacing"][i]) for i in tf]
+        crop_t = [int(n) for n in properties["shape_after_cropping_and_before_resampling"]]
+        target = list(cm.spacing) if len(cm.spacing) == len(crop_t) else [spacing_t[0], *cm.spacing]
+        bbox_t = [(int(a), int(b)) for a, b in properties["bbox_used_for_cropping"]]
+        grid = NetworkGrid(tf, list(pm.transpose_backward), tf.index(0), bbox_t, crop_t,
+                           [int(n) for n in data.shape[1:]], spacing_t, target)
+        self.last_properties = properties
+
+        def fill(view, n_lo: int, n_hi: int) -> None:
+            index = [slice(None)] * 3
+            index[grid.k] = slice(n_lo, n_hi)
+            view[...] = torch.from_numpy(np.ascontiguousarray(data[(0, *index)], dtype=np.float32))
+
+        self._predict_chunks(grid, fill, 0, out, progress, what, volume_bytes, None, probabilities)
+
+    def _predict_chunks(self, grid: "NetworkGrid", fill, margin: int, out, progress: bool, what: str,
+                        volume_bytes: int, body_box, probabilities) -> None:
+        """The sliding window of the whole network grid in chunks of tile rows, and the export of finished slices.
+
+        ``fill(view, n_lo, n_hi)`` writes network slices [n_lo, n_hi) along ``grid.k`` (unpadded) into the
+        tensor ``view``; ``margin``: original slices the input resampling reads beyond a block.
+        """
+        import torch
+        from tqdm import tqdm
+
+        p = self.predictor
+        cm = p.configuration_manager
+        tf, tb, k, bbox_t, crop_t, net = grid.tf, grid.tb, grid.k, grid.bbox_t, grid.crop_t, grid.net
+        target, spacing_t = grid.target, grid.spacing_t
         streamed = not getattr(out, "in_memory", True)
         if streamed:
             out.keep_box = body_box
         if probabilities is not None:
-            probabilities.keep_box, probabilities.axis = body_box, axial
-        stats = scan_statistics(hu, axial)
-        bbox_t = [stats.bbox[i] for i in tf]
-        crop_t = [b - a for a, b in bbox_t]
-        self.last_properties = {"shape_before_cropping": tuple(int(hu.shape[i]) for i in tf),
-                                "bbox_used_for_cropping": [[int(a), int(b)] for a, b in bbox_t],
-                                "shape_after_cropping_and_before_resampling": tuple(int(n) for n in crop_t)}
-        net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
-        data_rs = SlabResampler(crop_t, net, spacing_t, target, k, self.data_resampling, self._sigma(spacing_t, target))
+            probabilities.keep_box, probabilities.axis = body_box, tf[k]
         export_rs = SlabResampler(net, crop_t, target, spacing_t, k, self.export_resampling)
-        clip = self._clip_ranges(hu, stats, bbox_t, tf, axial, data_rs)
-        self.last_clip_range = clip
-
         # nnU-Net pads the network-grid image to at least the patch (centred, with 0)
         patch = list(cm.patch_size)
         first_padded = 3 - len(patch)
@@ -322,11 +396,9 @@ class ChunkedPredictor:
             if all(axis_range(s, d)[0] < keep[d][1] and axis_range(s, d)[1] > keep[d][0] for d in range(3)):
                 by_row[row_of[axis_range(s, k)[0]]].append((i, s))
         self.last_tiles = (sum(len(r) for r in by_row), len(slicers))
-        if volume_bytes is None:
-            volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
         groups = row_groups(len(starts), self._rows_per_chunk(
-            starts, tile, padded, net, crop_t, k, target[k], 0 if data_rs.identity else data_rs.margin + 4,
-            volume_bytes, what, probabilities is not None))
+            starts, tile, padded, net, crop_t, k, target[k], margin, volume_bytes, what,
+            probabilities is not None))
 
         # original slice -> network slices its export reads (unpadded)
         self.last_chunks = groups
@@ -339,7 +411,7 @@ class ChunkedPredictor:
             gaussian = compute_gaussian(tuple(patch), sigma_scale=1. / 8, value_scaling_factor=10,
                                         device=results_device)
         n_heads = p.label_manager.num_segmentation_heads
-        folds = p.list_of_parameters
+        folds = p.list_of_parameters or [None]  # None: the network's own weights (a trainer's validation)
         acc: list[tuple] | None = None  # per fold (logit sums, weight sums) over padded slices [acc_lo, ...)
         acc_lo = 0
         final = None  # fold-averaged logits of complete slices [final_lo, final_hi) (padded)
@@ -348,7 +420,7 @@ class ChunkedPredictor:
         pb = pad_below[k]
         def chunk_input(group):
             lo, hi = int(starts[group[0]]), int(starts[group[1] - 1]) + tile
-            return self._network_input(hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi)
+            return self._network_input(fill, net, padded, pad_below, k, lo, hi)
 
         with closing(self._chunk_inputs(groups, chunk_input)) as inputs:
             for (first, stop), data in tqdm(zip(groups, inputs), total=len(groups), desc=f"{what} chunks",
@@ -490,26 +562,39 @@ class ChunkedPredictor:
         block = np.asarray(hu[tuple(index)], dtype=np.float32)  # a new array: normalised in place
         return self._normalize(block.transpose(tf)[None])
 
-    def _network_input(self, hu, tf, axial, bbox_t, data_rs, clip, net, padded, pad_below, k, lo, hi):
-        """Preprocessed (1, ...) network input of padded slices [lo, hi) along transposed axis ``k``."""
+    @staticmethod
+    def _network_input(fill, net, padded, pad_below, k: int, lo: int, hi: int):
+        """Padded (1, ...) network input of padded slices [lo, hi) along transposed axis ``k`` (zeros in the
+        padding, as nnU-Net pads), its network slices written by ``fill``."""
         import torch
 
         n_lo, n_hi = max(lo - pad_below[k], 0), min(hi - pad_below[k], net[k])
         shape = list(padded)
         shape[k] = hi - lo
         data = torch.zeros((1, *shape), dtype=torch.float32)
-        # in blocks of network slices, so that the original slab and its float64 copies stay small
-        per_block = self._prep_block_slices(data_rs, bbox_t, k)
+        if n_hi > n_lo:
+            dst = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
+            dst[k] = slice(n_lo + pad_below[k] - lo, n_hi + pad_below[k] - lo)
+            fill(data[(0, *dst)], n_lo, n_hi)
+        return data
+
+    def _resample_network_slices(self, hu, grid: "NetworkGrid", axial: int, data_rs: SlabResampler, clip, view,
+                                 n_lo: int, n_hi: int) -> None:
+        """nnU-Net's preprocessing of network slices [n_lo, n_hi) of the CT array ``hu`` into ``view``, in blocks
+        of network slices, so that the original slab and its float64 copies stay small."""
+        import torch
+
+        k = grid.k
+        per_block = self._prep_block_slices(data_rs, grid.bbox_t, k)
         for b_lo in range(n_lo, n_hi, per_block):
             b_hi = min(b_lo + per_block, n_hi)
             a, b = data_rs.source_range(b_lo, b_hi)
-            block = self._normalized_block(hu, tf, axial, bbox_t, k, a, b)
+            block = self._normalized_block(hu, grid.tf, axial, grid.bbox_t, k, a, b)
             values = data_rs.resample(block[0], a, b_lo, b_hi, clip=clip, out_dtype=np.float32)
             del block
-            dst = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
-            dst[k] = slice(b_lo + pad_below[k] - lo, b_hi + pad_below[k] - lo)
-            data[(0, *dst)] = torch.from_numpy(np.ascontiguousarray(values))
-        return data
+            dst = [slice(None)] * 3
+            dst[k] = slice(b_lo - n_lo, b_hi - n_lo)
+            view[tuple(dst)] = torch.from_numpy(np.ascontiguousarray(values))
 
     def _prep_block_slices(self, data_rs: SlabResampler, bbox_t, k: int) -> int:
         """Network slices per preprocessing block: the original slices they read (margins included) hold
@@ -529,7 +614,8 @@ class ChunkedPredictor:
 
         p = self.predictor
         network = p.network._orig_mod if isinstance(p.network, OptimizedModule) else p.network
-        network.load_state_dict(params)
+        if params is not None:
+            network.load_state_dict(params)
         p.network = p.network.to(p.device)
         p.network.eval()
         threads = torch.get_num_threads()
@@ -646,9 +732,9 @@ class ChunkedPredictor:
                 return r
         need = self.estimate_bytes(1, step, tile, padded, net, crop_t, k, margin, volume_bytes,
                                    with_probabilities) / 1024**3
-        raise ValueError(f"{what}: --max_ram_gb {self.chunks.max_ram_gb:g} is too small: about {need:.1f} GB are "
-                         f"needed with chunks of one tile row (the model and libraries hold {self.base_gb:.1f} GB, "
-                         f"the CT and its labels {volume_bytes / 1024**3:.1f} GB)")
+        raise ValueError(f"{what}: {self.chunks.budget_name} {self.chunks.max_ram_gb:g} is too small: about "
+                         f"{need:.2f} GB are needed with chunks of one tile row (the model and libraries hold "
+                         f"{self.base_gb:.1f} GB, the CT and its labels {volume_bytes / 1024**3:.1f} GB)")
 
     def estimate_bytes(self, rows: int, step: float, tile: int, padded, net, crop_t, k: int, margin: int,
                        volume_bytes: int, with_probabilities: bool = False) -> float:
@@ -665,7 +751,7 @@ class ChunkedPredictor:
         """
         p = self.predictor
         cm = p.configuration_manager
-        n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters)
+        n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters or [None])
         plane_net = float(np.prod(padded)) / padded[k]
         plane_orig = float(np.prod(crop_t)) / crop_t[k]
         ratio = crop_t[k] / net[k]

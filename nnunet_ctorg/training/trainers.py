@@ -15,7 +15,6 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_ctorg.augmentation import (
@@ -27,6 +26,7 @@ from nnunet_ctorg.augmentation import (
 )
 from nnunet_ctorg.augmentation.prefetch import DevicePrefetcher
 from nnunet_ctorg.training.loss.iou import SoftIoULoss
+from nnunet_ctorg.training.validation import BoundedValidation
 
 SEED_ENVIRONMENT_VARIABLE = "nnUNet_ctorg_seed"
 
@@ -45,7 +45,7 @@ def seed_from_environment() -> int | None:
     return seed
 
 
-class SeededTraining(nnUNetTrainer):
+class SeededTraining(BoundedValidation):
     """Repeatable training when ``nnUNet_ctorg_seed`` is set (nnU-Net itself never seeds).
 
     Seeds Python's, NumPy's and torch's generators before the network is built, and replaces
@@ -55,7 +55,7 @@ class SeededTraining(nnUNetTrainer):
     the global seed covers them. DDP ranks share the network seed and get their own data seeds. On a
     CPU a seeded run repeats exactly; CUDA kernels may still differ in the last bits. A run continued
     with ``--c`` is reseeded, so it does not repeat an uninterrupted one. Unset, training is nnU-Net's,
-    unseeded.
+    unseeded. The final validation is :class:`~nnunet_ctorg.training.validation.BoundedValidation`'s.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
