@@ -196,7 +196,7 @@ def test_a_case_over_the_budget_fails_alone_with_the_gb_it_needs(trained, nnunet
 
 
 @pytest.mark.slow
-def test_plain_nnunet_trainer_gets_the_bounded_validation_by_name(trained, nnunet_validation, nnunet_env):
+def test_plain_nnunet_trainer_gets_the_bounded_validation_by_name(trained, nnunet_validation):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     cls = recursive_find_trainer_class_by_name("nnUNetTrainer_BoundedVal")
