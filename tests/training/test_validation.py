@@ -201,8 +201,9 @@ def test_plain_nnunet_trainer_gets_the_bounded_validation_by_name(trained, nnune
 
     cls = recursive_find_trainer_class_by_name("nnUNetTrainer_BoundedVal")
     assert cls.__mro__[1:3] == (BoundedValidation, nnUNetTrainer) and pickle.loads(pickle.dumps(cls)) is cls
-    trainer = _trainer(*trained, cls=cls)
-    folder = trained[0] / "fold_0" / "validation"
+    trainer = _trainer(*trained, cls=cls)  # the same checkpoint, in nnUNetTrainer_BoundedVal's own folder
+    folder = Path(trainer.output_folder) / "validation"
+    assert "nnUNetTrainer_BoundedVal__" in str(folder)
     trainer.perform_actual_validation(save_probabilities=False)
     for case in VALIDATION_CASES:
         np.testing.assert_array_equal(_labels(folder / f"{case}.nii.gz"),
