@@ -64,18 +64,24 @@ class ChunkSettings:
     ``chunk_mm="auto"``: 300 mm, or what ``max_ram_gb`` allows if that is less; ``None``: from
     ``max_ram_gb``, or the whole scan when that is ``None`` too. The labels do not depend on the chunk
     length; RAM and the pre-/post-processing overhead do. ``budget_name``: how messages name the budget
-    (the predict command's flag, or the environment variable of a trainer's validation).
+    (the predict command's flag, or the environment variable of a trainer's validation). ``max_gpu_gb``: on
+    CUDA, the GPU memory of the process (model included) that the chunk's logit sums, its input and a tile's
+    activations must fit in (default: 90 % of what the device has free); chunks are shortened to fit, and
+    where one tile row does not fit the sums go to the CPU while the network stays on the GPU.
     """
 
     chunk_mm: float | str | None = "auto"
     max_ram_gb: float | None = None
     budget_name: str = "--max_ram_gb"
+    max_gpu_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_mm not in (None, "auto") and not (isinstance(self.chunk_mm, (int, float)) and self.chunk_mm > 0):
             raise ValueError(f"chunk_mm must be > 0, 'auto' or None, got {self.chunk_mm!r}")
         if self.max_ram_gb is not None and self.max_ram_gb <= 0:
             raise ValueError(f"max_ram_gb must be > 0, got {self.max_ram_gb}")
+        if self.max_gpu_gb is not None and not self.max_gpu_gb > 0:
+            raise ValueError(f"max_gpu_gb must be > 0, got {self.max_gpu_gb}")
 
 
 @dataclass
@@ -199,6 +205,7 @@ class ChunkedPredictor:
         self.preprocessor = cm.preprocessor_class(verbose=False)
         predictor.network.to(predictor.device)
         self.base_gb = current_rss_gb()  # with the model on its device
+        self.sums_on_device = True  # per case: False where the GPU budget cannot hold one tile row's sums
 
     # --- geometry of one case ------------------------------------------------------------------------
 
@@ -403,7 +410,7 @@ class ChunkedPredictor:
         # original slice -> network slices its export reads (unpadded)
         self.last_chunks = groups
         need = np.array([export_rs.source_range(o, o + 1) for o in range(crop_t[k])])
-        results_device = p.device if p.perform_everything_on_device else torch.device("cpu")
+        results_device = p.device if p.perform_everything_on_device and self.sums_on_device else torch.device("cpu")
         gaussian = 1
         if p.use_gaussian:
             from nnunetv2.inference.sliding_window_prediction import compute_gaussian
@@ -721,6 +728,7 @@ class ChunkedPredictor:
         if chunk_mm is not None:
             length = (300.0 if chunk_mm == "auto" else float(chunk_mm)) / net_spacing
             rows = min(max(1, int((length - tile) // max(step, 1)) + 1), n_rows)
+        rows = self._rows_within_gpu_budget(rows, step, tile, padded, k)
         if self.chunks.max_ram_gb is None:
             return rows
         budget = self.chunks.max_ram_gb * 1024**3
@@ -735,6 +743,50 @@ class ChunkedPredictor:
         raise ValueError(f"{what}: {self.chunks.budget_name} {self.chunks.max_ram_gb:g} is too small: about "
                          f"{need:.2f} GB are needed with chunks of one tile row (the model and libraries hold "
                          f"{self.base_gb:.1f} GB, the CT and its labels {volume_bytes / 1024**3:.1f} GB)")
+
+    def gpu_budget_bytes(self) -> float | None:
+        """GPU memory a chunk may add beyond what the process holds on the device now; ``None`` off CUDA."""
+        if self.predictor.device.type != "cuda":
+            return None
+        import torch
+
+        device = self.predictor.device
+        allocated = torch.cuda.memory_allocated(device)
+        if self.chunks.max_gpu_gb is not None:
+            return self.chunks.max_gpu_gb * 1024**3 - allocated
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.9 * (free + torch.cuda.memory_reserved(device) - allocated)
+
+    def estimate_gpu_bytes(self, rows: int, step: float, tile: int, padded, k: int, sums: bool = True) -> float:
+        """GPU bytes of a chunk of ``rows`` tile rows beyond the model: a tile, its mirrored copy and output, the
+        network's activations and the Gaussian; with ``sums`` also every fold's half-precision logit and weight
+        sums of the chunk and its carried rows, and the chunk's float32 input."""
+        p = self.predictor
+        cm = p.configuration_manager
+        n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters or [None])
+        patch = float(np.prod(cm.patch_size))
+        features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
+                    or [32])[0]
+        fixed = 4.0 * patch * (6 * features + 3 * n_classes) + 4.0 * patch * (3 + 2 * n_classes)
+        if not sums:
+            return ESTIMATE_MARGIN * fixed
+        plane = float(np.prod(padded)) / padded[k]
+        length = (rows - 1) * step + tile
+        chunk = folds * (n_classes + 1) * 2.0 * (length + tile) * plane + 4.0 * length * plane
+        return ESTIMATE_MARGIN * (fixed + chunk)
+
+    def _rows_within_gpu_budget(self, rows: int, step: float, tile: int, padded, k: int) -> int:
+        """At most ``rows``, as many as the GPU budget holds with the sums on the device; where not even one row
+        fits, ``rows`` with the sums on the CPU (:attr:`sums_on_device` False for this case)."""
+        self.sums_on_device = True
+        budget = self.gpu_budget_bytes()
+        if budget is None or not self.predictor.perform_everything_on_device:
+            return rows
+        for r in range(rows, 0, -1):
+            if self.estimate_gpu_bytes(r, step, tile, padded, k) <= budget:
+                return r
+        self.sums_on_device = False
+        return rows
 
     def estimate_bytes(self, rows: int, step: float, tile: int, padded, net, crop_t, k: int, margin: int,
                        volume_bytes: int, with_probabilities: bool = False) -> float:

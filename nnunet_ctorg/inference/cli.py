@@ -51,6 +51,11 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                         help="RAM budget: the chunk length is chosen so that the estimated peak (model, CT, labels, "
                              "chunk) stays below it; an error saying how much is needed if even one row of tiles "
                              "does not fit")
+    parser.add_argument("--max_gpu_gb", type=float, default=None,
+                        help="-device cuda: GPU memory budget of the process (model included); chunks are shortened "
+                             "so that their logit sums, input and a tile's activations fit, and where one row of "
+                             "tiles does not, the sums stay on the CPU while the network runs on the GPU. Default: "
+                             "90 %% of the GPU memory free when a case starts")
     parser.add_argument("--body_crop", action="store_true",
                         help="run only the tiles that one box around the body needs (the box is found once on a "
                              "4 mm copy of the scan; table, blankets and air stay out): inside the box the labels "
@@ -80,7 +85,7 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
 
             model = Path(get_output_folder(args.d, args.tr, args.p, args.c))
         chunk_mm = "auto" if args.chunk_mm is None else (args.chunk_mm or None)
-        chunks = ChunkSettings(chunk_mm=chunk_mm, max_ram_gb=args.max_ram_gb)
+        chunks = ChunkSettings(chunk_mm=chunk_mm, max_ram_gb=args.max_ram_gb, max_gpu_gb=args.max_gpu_gb)
         body = BodyCropSettings(margin_mm=args.body_margin_mm) if args.body_crop else None
         folds = None if args.f == ["auto"] else args.f
         if args.device == "cuda":

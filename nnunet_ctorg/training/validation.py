@@ -13,6 +13,9 @@ validation case after case through :class:`~nnunet_ctorg.inference.chunked_predi
 - the budget: ``nnUNet_ctorg_val_max_ram_gb`` (GB of resident memory of the training process), by default
   the process's memory plus 70 % of what the machine has available when the validation starts; a case that
   cannot fit fails alone, with the GB it needs, and the others are validated;
+- on CUDA, the chunks also fit ``nnUNet_ctorg_val_max_gpu_gb`` (default: 90 % of the free GPU memory); where
+  one row of tiles does not, the logit sums stay on the CPU and the network on the GPU (nnU-Net moves
+  everything to the CPU after a failed try);
 - ``--val`` after a killed validation continues: the cases already written with the same weights are kept;
 - where the chunked engine cannot reproduce nnU-Net (cascades, region-based models, image-dependent
   normalisation, multi-channel input, ...), nnU-Net's own validation runs, after one log line saying why.
@@ -28,6 +31,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 VALIDATION_RAM_VARIABLE = "nnUNet_ctorg_val_max_ram_gb"
+# on CUDA: the GPU memory of the process the chunks must fit in (unset: 90 % of the free GPU memory)
+VALIDATION_GPU_VARIABLE = "nnUNet_ctorg_val_max_gpu_gb"
 # share of the memory available at the start of the validation that the default budget takes
 DEFAULT_AVAILABLE_SHARE = 0.7
 # bytes per voxel one worker of nnU-Net's compute_metrics holds: the reference and the prediction as read by
@@ -47,21 +52,27 @@ def available_memory_gb() -> float:
     return int(kb[0]) / 1024**2
 
 
+def budget_from_environment(variable: str) -> float | None:
+    """GB set in the environment variable ``variable``, or ``None`` when it is unset or empty."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        raise ValueError(f"{variable} must be a number of GB, got {value!r}") from None
+    if not budget > 0:
+        raise ValueError(f"{variable} must be > 0, got {value!r}")
+    return budget
+
+
 def validation_ram_budget_gb() -> float:
     """The validation's RAM budget: ``nnUNet_ctorg_val_max_ram_gb`` or, unset or empty, this process's resident
     memory plus :data:`DEFAULT_AVAILABLE_SHARE` of the memory available now."""
     from nnunet_ctorg.inference.chunked_predictor import current_rss_gb
 
-    value = os.environ.get(VALIDATION_RAM_VARIABLE, "").strip()
-    if not value:
-        return current_rss_gb() + DEFAULT_AVAILABLE_SHARE * available_memory_gb()
-    try:
-        budget = float(value)
-    except ValueError:
-        raise ValueError(f"{VALIDATION_RAM_VARIABLE} must be a number of GB, got {value!r}") from None
-    if not budget > 0:
-        raise ValueError(f"{VALIDATION_RAM_VARIABLE} must be > 0, got {value!r}")
-    return budget
+    budget = budget_from_environment(VALIDATION_RAM_VARIABLE)
+    return current_rss_gb() + DEFAULT_AVAILABLE_SHARE * available_memory_gb() if budget is None else budget
 
 
 def weights_fingerprint(network: torch.nn.Module) -> str:
@@ -131,8 +142,9 @@ class BoundedValidation(nnUNetTrainer):
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
-        budget = validation_ram_budget_gb()
-        return ChunkedPredictor(predictor, ChunkSettings("auto", budget, VALIDATION_RAM_VARIABLE), overlap=False)
+        settings = ChunkSettings("auto", validation_ram_budget_gb(), VALIDATION_RAM_VARIABLE,
+                                 budget_from_environment(VALIDATION_GPU_VARIABLE))
+        return ChunkedPredictor(predictor, settings, overlap=False)
 
     def _validate_cases(self, chunked, save_probabilities: bool) -> None:
         from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p

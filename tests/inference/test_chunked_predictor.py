@@ -87,6 +87,37 @@ def test_labels_do_not_depend_on_the_chunk_length(real_ct_6mm):
                               reference)
 
 
+def test_gpu_budget_shortens_chunks_or_keeps_the_sums_on_the_cpu(real_ct_6mm, monkeypatch):
+    """The GPU budget's decisions, taken on the CPU as if the model ran on CUDA: the labels never change."""
+    predictor = standin_predictor(standin_plans(spacing=(4.0, 5.0, 5.0), patch=(16, 16, 16)))
+    predictor.perform_everything_on_device = True
+    reference = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None)).predict_image(real_ct_6mm)
+    estimate, budget_of = ChunkedPredictor.estimate_gpu_bytes, ChunkedPredictor.gpu_budget_bytes
+    monkeypatch.setattr(ChunkedPredictor, "estimate_gpu_bytes", lambda self, rows, *args, **kw: 1000.0 * rows)
+    for budget, rows, on_device in ((2500.0, 2, True), (500.0, None, False)):
+        monkeypatch.setattr(ChunkedPredictor, "gpu_budget_bytes", lambda self, b=budget: b)
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None))
+        assert np.array_equal(chunked.predict_image(real_ct_6mm), reference)
+        assert chunked.sums_on_device is on_device
+        sizes = [stop - first for first, stop in chunked.last_chunks]
+        assert (max(sizes) == rows and len(sizes) >= 4) if rows else len(sizes) == 1
+    monkeypatch.setattr(ChunkedPredictor, "estimate_gpu_bytes", estimate)
+    monkeypatch.setattr(ChunkedPredictor, "gpu_budget_bytes", budget_of)
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None))
+    padded, k = [64, 80, 80], 0
+    one, two = chunked.estimate_gpu_bytes(1, 8, 16, padded, k), chunked.estimate_gpu_bytes(2, 8, 16, padded, k)
+    classes = predictor.label_manager.num_segmentation_heads
+    # one more row: 8 more network slices of every class's half-precision sums, the weights and the float32 input
+    assert two - one == pytest.approx(1.1 * 8 * 80 * 80 * ((classes + 1) * 2 + 4))
+    assert chunked.estimate_gpu_bytes(2, 8, 16, padded, k, sums=False) < one
+    assert chunked.gpu_budget_bytes() is None  # on the CPU
+
+
+def test_gpu_budget_setting_is_checked():
+    with pytest.raises(ValueError, match="max_gpu_gb must be > 0, got -1"):
+        ChunkSettings(max_gpu_gb=-1)
+
+
 def test_nnunets_crop_to_nonzero_voxels_is_the_whole_scans(real_ct_6mm):
     # a CT padded with exact zeros (as some converters do): nnU-Net crops them for the whole scan at once
     hu = sitk.GetArrayFromImage(real_ct_6mm)
