@@ -174,7 +174,8 @@ class ChunkedPredictor:
     export_block_bytes: int = 256 * 2**20
 
     def __init__(self, predictor, chunks: ChunkSettings = ChunkSettings(),
-                 body_crop: BodyCropSettings | None = None, overlap: bool | None = None) -> None:
+                 body_crop: BodyCropSettings | None = None, overlap: bool | None = None,
+                 preprocessed_input: bool = False) -> None:
         self.predictor = predictor
         self.chunks = chunks
         # preprocess the next chunk in a thread while the network runs this one (default: on CUDA, where the
@@ -188,14 +189,16 @@ class ChunkedPredictor:
         if cm.previous_stage_name is not None:
             raise ValueError(f"this configuration is a cascade stage (previous stage "
                              f"{cm.previous_stage_name!r}); the chunked predictor runs single-stage models only")
+        # cases preprocessed by nnU-Net (a trainer's validation) are read as they are: any normalisation, any channels
+        self.n_channels = len(cm.normalization_schemes) if preprocessed_input else 1
         unsupported = [n for n in cm.normalization_schemes if n not in POINTWISE_NORMALIZATIONS]
-        if unsupported:
+        if unsupported and not preprocessed_input:
             raise ValueError(f"the model normalises with {unsupported[0]}, which depends on the whole image; the "
                              f"chunked predictor supports {', '.join(POINTWISE_NORMALIZATIONS)}")
-        if len(cm.normalization_schemes) != 1:
+        if len(cm.normalization_schemes) != 1 and not preprocessed_input:
             raise ValueError(f"the model takes {len(cm.normalization_schemes)} input channels; the chunked "
                              f"predictor takes single-channel CT models")
-        self.data_resampling = resampling_kind(cm.configuration, "data")
+        self.data_resampling = None if preprocessed_input else resampling_kind(cm.configuration, "data")
         self.export_resampling = resampling_kind(cm.configuration, "probabilities")
         if max(self.export_resampling["order"], self.export_resampling["order_z"]) > 1:
             # scikit-image clips a spline of order > 1 to the whole input's range, known only at the end
@@ -302,6 +305,8 @@ class ChunkedPredictor:
         """
         from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
+        if self.data_resampling is None:
+            raise ValueError(f"{what}: this predictor was made for preprocessed input (preprocessed_input=True)")
         p = self.predictor
         pm, cm = p.plans_manager, p.configuration_manager
         tf = list(pm.transpose_forward)
@@ -334,30 +339,34 @@ class ChunkedPredictor:
 
         ``data``: the (1, ...) network-grid array of ``nnUNetDataset.load_case`` (blosc2 or numpy; read a chunk
         of slices at a time), ``properties`` its properties (``spacing``, ``shape_before_cropping``,
-        ``bbox_used_for_cropping``, ``shape_after_cropping_and_before_resampling``). The chunks run along array
-        axis 0 of the image nnU-Net read; ``out`` (shape: ``shape_before_cropping`` transposed back) receives
-        what ``export_prediction_from_logits`` would write, slab by slab along that axis. ``volume_bytes``: what
-        the case holds outside the chunks (the RAM budget counts it).
+        ``bbox_used_for_cropping``, ``shape_after_cropping_and_before_resampling``). The chunks run along
+        nnU-Net's outer tile loop, array axis ``transpose_forward[0]`` of the image nnU-Net read; ``out`` (shape:
+        ``shape_before_cropping`` transposed back) receives what ``export_prediction_from_logits`` would write,
+        slab by slab along that axis (the predictor must be made with ``preprocessed_input=True``).
+        ``volume_bytes``: what the case holds outside the chunks (the RAM budget counts it).
         """
         import torch
 
         p = self.predictor
         pm, cm = p.plans_manager, p.configuration_manager
-        if data.ndim != 4 or data.shape[0] != 1:
-            raise ValueError(f"{what}: expected one-channel preprocessed data (1, x, y, z), got shape {data.shape}")
+        if data.ndim != 4 or data.shape[0] != self.n_channels:
+            raise ValueError(f"{what}: expected preprocessed data of shape ({self.n_channels}, x, y, z), got "
+                             f"{tuple(data.shape)}")
         tf = list(pm.transpose_forward)
         spacing_t = [float(properties["spacing"][i]) for i in tf]
         crop_t = [int(n) for n in properties["shape_after_cropping_and_before_resampling"]]
         target = list(cm.spacing) if len(cm.spacing) == len(crop_t) else [spacing_t[0], *cm.spacing]
         bbox_t = [(int(a), int(b)) for a, b in properties["bbox_used_for_cropping"]]
-        grid = NetworkGrid(tf, list(pm.transpose_backward), tf.index(0), bbox_t, crop_t,
-                           [int(n) for n in data.shape[1:]], spacing_t, target)
+        # chunks along nnU-Net's outer tile loop (transposed axis 0): every voxel's half-precision sums are then
+        # added in nnU-Net's order, seams included
+        grid = NetworkGrid(tf, list(pm.transpose_backward), 0, bbox_t, crop_t, [int(n) for n in data.shape[1:]],
+                           spacing_t, target)
         self.last_properties = properties
 
         def fill(view, n_lo: int, n_hi: int) -> None:
             index = [slice(None)] * 3
             index[grid.k] = slice(n_lo, n_hi)
-            view[...] = torch.from_numpy(np.ascontiguousarray(data[(0, *index)], dtype=np.float32))
+            view[...] = torch.from_numpy(np.ascontiguousarray(data[(slice(None), *index)], dtype=np.float32))
 
         self._predict_chunks(grid, fill, 0, out, progress, what, volume_bytes, None, probabilities)
 
@@ -366,7 +375,7 @@ class ChunkedPredictor:
         """The sliding window of the whole network grid in chunks of tile rows, and the export of finished slices.
 
         ``fill(view, n_lo, n_hi)`` writes network slices [n_lo, n_hi) along ``grid.k`` (unpadded) into the
-        tensor ``view``; ``margin``: original slices the input resampling reads beyond a block.
+        (channels, ...) tensor ``view``; ``margin``: original slices the input resampling reads beyond a block.
         """
         import torch
         from tqdm import tqdm
@@ -427,7 +436,7 @@ class ChunkedPredictor:
         pb = pad_below[k]
         def chunk_input(group):
             lo, hi = int(starts[group[0]]), int(starts[group[1] - 1]) + tile
-            return self._network_input(fill, net, padded, pad_below, k, lo, hi)
+            return self._network_input(fill, self.n_channels, net, padded, pad_below, k, lo, hi)
 
         with closing(self._chunk_inputs(groups, chunk_input)) as inputs:
             for (first, stop), data in tqdm(zip(groups, inputs), total=len(groups), desc=f"{what} chunks",
@@ -570,19 +579,19 @@ class ChunkedPredictor:
         return self._normalize(block.transpose(tf)[None])
 
     @staticmethod
-    def _network_input(fill, net, padded, pad_below, k: int, lo: int, hi: int):
-        """Padded (1, ...) network input of padded slices [lo, hi) along transposed axis ``k`` (zeros in the
+    def _network_input(fill, channels: int, net, padded, pad_below, k: int, lo: int, hi: int):
+        """Padded (channels, ...) network input of padded slices [lo, hi) along transposed axis ``k`` (zeros in the
         padding, as nnU-Net pads), its network slices written by ``fill``."""
         import torch
 
         n_lo, n_hi = max(lo - pad_below[k], 0), min(hi - pad_below[k], net[k])
         shape = list(padded)
         shape[k] = hi - lo
-        data = torch.zeros((1, *shape), dtype=torch.float32)
+        data = torch.zeros((channels, *shape), dtype=torch.float32)
         if n_hi > n_lo:
             dst = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
             dst[k] = slice(n_lo + pad_below[k] - lo, n_hi + pad_below[k] - lo)
-            fill(data[(0, *dst)], n_lo, n_hi)
+            fill(data[(slice(None), *dst)], n_lo, n_hi)
         return data
 
     def _resample_network_slices(self, hu, grid: "NetworkGrid", axial: int, data_rs: SlabResampler, clip, view,
@@ -601,7 +610,7 @@ class ChunkedPredictor:
             del block
             dst = [slice(None)] * 3
             dst[k] = slice(b_lo - n_lo, b_hi - n_lo)
-            view[tuple(dst)] = torch.from_numpy(np.ascontiguousarray(values))
+            view[(0, *dst)] = torch.from_numpy(np.ascontiguousarray(values))
 
     def _prep_block_slices(self, data_rs: SlabResampler, bbox_t, k: int) -> int:
         """Network slices per preprocessing block: the original slices they read (margins included) hold
@@ -760,19 +769,21 @@ class ChunkedPredictor:
     def estimate_gpu_bytes(self, rows: int, step: float, tile: int, padded, k: int, sums: bool = True) -> float:
         """GPU bytes of a chunk of ``rows`` tile rows beyond the model: a tile, its mirrored copy and output, the
         network's activations and the Gaussian; with ``sums`` also every fold's half-precision logit and weight
-        sums of the chunk and its carried rows, and the chunk's float32 input."""
+        sums of the chunk and its carried rows, the chunk's float32 input and its divided logits."""
         p = self.predictor
         cm = p.configuration_manager
         n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters or [None])
         patch = float(np.prod(cm.patch_size))
         features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
                     or [32])[0]
-        fixed = 4.0 * patch * (6 * features + 3 * n_classes) + 4.0 * patch * (3 + 2 * n_classes)
+        fixed = 4.0 * patch * (6 * features + 3 * n_classes) + 4.0 * patch * (1 + 2 * self.n_channels + 2 * n_classes)
         if not sums:
             return ESTIMATE_MARGIN * fixed
         plane = float(np.prod(padded)) / padded[k]
         length = (rows - 1) * step + tile
-        chunk = folds * (n_classes + 1) * 2.0 * (length + tile) * plane + 4.0 * length * plane
+        # the sums, the chunk's input, and the divided logits of a chunk before they go to the CPU
+        chunk = (folds * (n_classes + 1) * 2.0 * (length + tile) + 4.0 * self.n_channels * length
+                 + 2.0 * n_classes * length) * plane
         return ESTIMATE_MARGIN * (fixed + chunk)
 
     def _rows_within_gpu_budget(self, rows: int, step: float, tile: int, padded, k: int) -> int:
@@ -811,7 +822,7 @@ class ChunkedPredictor:
         carried = length + tile
         sums = folds * (n_classes + 1) * 2.0 * carried * plane_net
         final = n_classes * 2.0 * carried * plane_net
-        data = 4.0 * length * plane_net
+        data = 4.0 * self.n_channels * length * plane_net
         block = min(length, max((self.prep_block_voxels / plane_orig - 2 * margin) / ratio, 8))  # network slices
         orig = min(block * ratio + 2 * margin, crop_t[k]) * plane_orig  # the original slab a block reads
         partly = block * max(plane_orig, plane_net)  # the block after its first (cranio-caudal) resampling step

@@ -38,6 +38,8 @@ DEFAULT_AVAILABLE_SHARE = 0.7
 # bytes per voxel one worker of nnU-Net's compute_metrics holds: the reference and the prediction as read by
 # the reader (float32 for SimpleITKIO) and the masks of one label; measured by benchmarks/validation_memory.py
 METRICS_BYTES_PER_VOXEL = 12.0
+# resident memory of one spawned metrics worker before it reads a case (torch and nnU-Net imported)
+METRICS_WORKER_GB = 0.4
 # what the outputs of a resumable validation were computed with
 STATE_FILE = ".bounded_validation.json"
 
@@ -85,9 +87,11 @@ def weights_fingerprint(network: torch.nn.Module) -> str:
 
 
 def metrics_processes(voxels: int, budget_gb: float, base_gb: float, most: int) -> int:
-    """Workers of ``compute_metrics_on_folder`` that fit the budget beside ``base_gb`` (at least one)."""
+    """Workers of ``compute_metrics_on_folder`` that fit the budget beside ``base_gb`` (at least one): each holds
+    :data:`METRICS_WORKER_GB` of imports and :data:`METRICS_BYTES_PER_VOXEL` per voxel of the largest case."""
     spare = (budget_gb - base_gb) * 1024**3
-    return int(max(1, min(most, spare // max(METRICS_BYTES_PER_VOXEL * voxels, 1))))
+    per_worker = METRICS_WORKER_GB * 1024**3 + METRICS_BYTES_PER_VOXEL * voxels
+    return int(max(1, min(most, spare // per_worker)))
 
 
 class BoundedValidation(nnUNetTrainer):
@@ -102,8 +106,9 @@ class BoundedValidation(nnUNetTrainer):
         reason = self._bounded_validation_unsupported()
         chunked = None
         if reason is None:
+            settings = self._chunk_settings()  # a bad budget is an error, not a reason to fall back
             try:
-                chunked = self._chunked_predictor()
+                chunked = self._chunked_predictor(settings)
             except ValueError as e:  # the chunked engine refuses this configuration
                 reason = str(e)
         if reason is not None:
@@ -130,11 +135,19 @@ class BoundedValidation(nnUNetTrainer):
             return "region-based training"
         return None
 
-    def _chunked_predictor(self):
+    @staticmethod
+    def _chunk_settings():
+        """Chunks of 300 mm or what ``nnUNet_ctorg_val_max_ram_gb`` (and, on CUDA, ``..._gpu_gb``) allows."""
+        from nnunet_ctorg.inference.chunked_predictor import ChunkSettings
+
+        return ChunkSettings("auto", validation_ram_budget_gb(), VALIDATION_RAM_VARIABLE,
+                             budget_from_environment(VALIDATION_GPU_VARIABLE))
+
+    def _chunked_predictor(self, settings):
         """A :class:`ChunkedPredictor` over this trainer's network as nnU-Net's validation sets its predictor up."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+        from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor
 
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                     perform_everything_on_device=True, device=self.device, verbose=False,
@@ -142,9 +155,7 @@ class BoundedValidation(nnUNetTrainer):
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
-        settings = ChunkSettings("auto", validation_ram_budget_gb(), VALIDATION_RAM_VARIABLE,
-                                 budget_from_environment(VALIDATION_GPU_VARIABLE))
-        return ChunkedPredictor(predictor, settings, overlap=False)
+        return ChunkedPredictor(predictor, settings, overlap=False, preprocessed_input=True)
 
     def _validate_cases(self, chunked, save_probabilities: bool) -> None:
         from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
@@ -155,18 +166,16 @@ class BoundedValidation(nnUNetTrainer):
 
         folder = join(self.output_folder, "validation")
         maybe_mkdir_p(folder)
-        for leftover in Path(folder).glob(".tmp-*"):  # half-written files of a killed validation
-            leftover.unlink(missing_ok=True)
-        resumable = self._resumable(folder, save_probabilities)
-        _, val_keys = self.do_split()
+        _, all_keys = self.do_split()
+        # rank 0 alone decides what is kept and clears the rest; the other ranks wait for its answer
+        resumable = self._prepare_folder(folder, all_keys, save_probabilities) if self.local_rank == 0 else None
+        val_keys, last_barrier_at_idx = all_keys, 0
         if self.is_ddp:
-            val_keys = val_keys[self.local_rank::dist.get_world_size()]
-        if not resumable:  # outputs of other weights must not reach the metrics, even where a case fails now
-            for k in val_keys:
-                for path in self._case_outputs(folder, k, True):
-                    path.unlink(missing_ok=True)
-        if self.local_rank == 0:
-            Path(folder, "summary.json").unlink(missing_ok=True)
+            shared = [resumable]
+            dist.broadcast_object_list(shared, src=0)
+            resumable = shared[0]
+            last_barrier_at_idx = len(all_keys) // dist.get_world_size() - 1
+            val_keys = all_keys[self.local_rank::dist.get_world_size()]
         dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                          folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         budget = chunked.chunks.max_ram_gb
@@ -174,7 +183,9 @@ class BoundedValidation(nnUNetTrainer):
                                f"({VALIDATION_RAM_VARIABLE})", also_print_to_console=True)
         failed: dict[str, str] = {}
         largest = 0
-        for k in dataset_val.identifiers:
+        for i, k in enumerate(dataset_val.identifiers):
+            if self.is_ddp and i < last_barrier_at_idx and (i + 1) % 20 == 0:  # as nnU-Net: no NCCL timeouts
+                dist.barrier()
             data, _, _, properties = dataset_val.load_case(k)
             largest = max(largest, int(np.prod(properties["shape_before_cropping"])))
             if resumable and self._case_written(folder, k, save_probabilities):
@@ -192,14 +203,22 @@ class BoundedValidation(nnUNetTrainer):
             dist.barrier()
         if self.local_rank == 0:
             world = dist.get_world_size() if self.is_ddp else 1
-            most = default_num_processes * world
+            # no more workers than cases: each spawned worker imports torch and nnU-Net before it reads a case
+            most = min(default_num_processes * world, max(len(all_keys), 1))
             self._compute_metrics(folder, metrics_processes(largest, budget, chunked.base_gb, most), failed)
 
-    def _resumable(self, folder: str, save_probabilities: bool) -> bool:
-        """Whether the outputs in ``folder`` may be kept (written with these weights and settings); records the
-        weights and settings of this validation for the next one."""
+    def _prepare_folder(self, folder: str, keys: list[str], save_probabilities: bool) -> bool:
+        """Clear what a killed or older validation left in ``folder``; whether the cases written there may be kept
+        (written with these weights and settings). Half-written files go; with other weights (or no record of
+        them) the outputs this validation writes are removed before the new weights are recorded, so that none
+        of them reaches the metrics even where a case fails now."""
+        import shutil
+
         from nnunet_ctorg.io import write_text_atomic
 
+        for leftover in Path(folder).glob(".tmp-*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        Path(folder, "summary.json").unlink(missing_ok=True)
         state = {"weights": weights_fingerprint(self.network), "mirroring": self.inference_allowed_mirroring_axes,
                  "tile_step_size": 0.5}
         path = Path(folder) / STATE_FILE
@@ -208,8 +227,13 @@ class BoundedValidation(nnUNetTrainer):
         except (OSError, ValueError):
             previous = None
         state = json.loads(json.dumps(state))  # tuples as lists, as they come back from the file
+        if previous == state:
+            return True
+        for k in keys:
+            for output in self._case_outputs(folder, k, save_probabilities):
+                output.unlink(missing_ok=True)
         write_text_atomic(json.dumps(state), path)
-        return previous == state
+        return False
 
     def _case_outputs(self, folder: str, k: str, save_probabilities: bool) -> list[Path]:
         """The files nnU-Net's validation writes for case ``k``."""
@@ -230,8 +254,9 @@ class BoundedValidation(nnUNetTrainer):
         shape = tuple(int(properties["shape_before_cropping"][i]) for i in self.plans_manager.transpose_backward)
         rw = self.plans_manager.image_reader_writer_class()
         sitk_stuff = properties.get("sitk_stuff", {})
+        # the chunks run along nnU-Net's outer tile loop (transposed axis 0); the file is written along array axis 0
         streamed = (type(rw) is SimpleITKIO and file_ending in (".nii.gz", ".nii")
-                    and len(sitk_stuff.get("spacing", ())) == 3)
+                    and len(sitk_stuff.get("spacing", ())) == 3 and self.plans_manager.transpose_forward[0] == 0)
         probabilities = None
         if save_probabilities:
             heads = self.label_manager.num_segmentation_heads
@@ -265,15 +290,19 @@ class BoundedValidation(nnUNetTrainer):
 
     @staticmethod
     def _write_labels_atomic(rw, labels: np.ndarray, path: str, properties: dict) -> None:
-        """``rw.write_seg`` to a temporary name that keeps the file ending (the writer picks its format by it),
-        then renamed."""
+        """``rw.write_seg`` into a temporary folder under the file's own name (the writer picks its format by the
+        ending, and some write side files, e.g. Tiff3DIO's ``CASE.json``), then moved beside, the labels last."""
+        import shutil
+
         target = Path(path)
-        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}.d")
+        tmp.mkdir(exist_ok=True)
         try:
-            rw.write_seg(labels, str(tmp), properties)
-            os.replace(tmp, target)
+            rw.write_seg(labels, str(tmp / target.name), properties)
+            for written in sorted(tmp.iterdir(), key=lambda f: f.name == target.name):
+                os.replace(written, target.parent / written.name)
         finally:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _compute_metrics(self, folder: str, processes: int, failed: dict[str, str]) -> None:
         """nnU-Net's ``compute_metrics_on_folder`` over the written cases, logged as nnU-Net logs it."""

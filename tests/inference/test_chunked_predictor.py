@@ -87,6 +87,40 @@ def test_labels_do_not_depend_on_the_chunk_length(real_ct_6mm):
                               reference)
 
 
+@pytest.mark.parametrize("case", ["3-D cubic resampling, mirroring, 2 folds", "separate z", "transposed plans",
+                                  "2-D, slices across"])
+def test_preprocessed_cases_get_the_labels_of_nnunets_validation(real_ct_6mm, case):
+    """A trainer's validation input (nnU-Net's preprocessed case, the network's own weights) in chunks, against
+    nnU-Net's ``predict_sliding_window_return_logits`` and export: identical, chunk seams included."""
+    import torch
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    plans, _, mirroring, _ = EXACT_CASES[case]
+    plans = json.loads(json.dumps(plans))
+    plans["configurations"]["3d"]["normalization_schemes"] = ["ZScoreNormalization"]  # read as preprocessed
+    predictor = standin_predictor(plans, 1, mirroring)
+    predictor.network.load_state_dict(predictor.list_of_parameters[0])
+    predictor.list_of_parameters = None  # as in nnU-Net's validation
+    pm, cm, lm = predictor.plans_manager, predictor.configuration_manager, predictor.label_manager
+    hu = sitk.GetArrayFromImage(real_ct_6mm).astype(np.float32)[None]
+    data, _, props = cm.preprocessor_class(verbose=False).run_case_npy(
+        hu, None, {"spacing": list(real_ct_6mm.GetSpacing()[::-1])}, pm, cm, predictor.dataset_json)
+    logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data)).cpu()
+    reference = convert_predicted_logits_to_segmentation_with_correct_shape(logits, pm, cm, lm, props)
+    assert len(np.unique(reference)) == len(LABELS)
+    with pytest.raises(ValueError, match="normalises with ZScoreNormalization"):
+        ChunkedPredictor(predictor, ChunkSettings(chunk_mm=40))  # raw CT input: the normalisation matters
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=40), preprocessed_input=True)
+    out = np.zeros(reference.shape, np.uint8)
+    chunked.predict_preprocessed(data, props, out)
+    assert len(chunked.last_chunks) >= 3
+    np.testing.assert_array_equal(out, reference)
+    with pytest.raises(ValueError, match="made for preprocessed input"):
+        chunked.predict_image(real_ct_6mm)
+    with pytest.raises(ValueError, match=r"expected preprocessed data of shape \(1, x, y, z\)"):
+        chunked.predict_preprocessed(np.concatenate([data, data]), props, out)
+
+
 def test_gpu_budget_shortens_chunks_or_keeps_the_sums_on_the_cpu(real_ct_6mm, monkeypatch):
     """The GPU budget's decisions, taken on the CPU as if the model ran on CUDA: the labels never change."""
     predictor = standin_predictor(standin_plans(spacing=(4.0, 5.0, 5.0), patch=(16, 16, 16)))
@@ -107,8 +141,9 @@ def test_gpu_budget_shortens_chunks_or_keeps_the_sums_on_the_cpu(real_ct_6mm, mo
     padded, k = [64, 80, 80], 0
     one, two = chunked.estimate_gpu_bytes(1, 8, 16, padded, k), chunked.estimate_gpu_bytes(2, 8, 16, padded, k)
     classes = predictor.label_manager.num_segmentation_heads
-    # one more row: 8 more network slices of every class's half-precision sums, the weights and the float32 input
-    assert two - one == pytest.approx(1.1 * 8 * 80 * 80 * ((classes + 1) * 2 + 4))
+    # one more row: 8 more network slices of every class's half-precision sums, the weights, the float32 input and
+    # the divided half-precision logits
+    assert two - one == pytest.approx(1.1 * 8 * 80 * 80 * ((classes + 1) * 2 + 4 + classes * 2))
     assert chunked.estimate_gpu_bytes(2, 8, 16, padded, k, sums=False) < one
     assert chunked.gpu_budget_bytes() is None  # on the CPU
 

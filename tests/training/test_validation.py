@@ -269,7 +269,7 @@ def test_available_memory_is_read_from_meminfo():
 
 def test_metrics_workers_fit_the_budget():
     voxels = 100 * 2**20
-    per_worker = 12.0 * voxels / 1024**3
+    per_worker = 0.4 + 12.0 * voxels / 1024**3  # imports, then the reference, the prediction and one label's masks
     assert metrics_processes(voxels, 2.0 + 3.5 * per_worker, 2.0, 8) == 3
     assert metrics_processes(voxels, 2.0 + 0.5 * per_worker, 2.0, 8) == 1  # never none
     assert metrics_processes(voxels, 1000.0, 2.0, 8) == 8
@@ -280,7 +280,7 @@ class _Cascade(BoundedValidation):
 
 
 @pytest.mark.parametrize("what, why", [("cascade", "cascade"), ("regions", "region-based"),
-                                       ("next_stage", "next stage"), ("refused", "takes 2 input channels")])
+                                       ("next_stage", "next stage"), ("refused", "spline order 3")])
 def test_unsupported_models_fall_back_to_nnunets_validation_with_a_log_line(monkeypatch, what, why):
     from types import SimpleNamespace
 
@@ -292,11 +292,25 @@ def test_unsupported_models_fall_back_to_nnunets_validation_with_a_log_line(monk
     logged, calls = [], []
     trainer.print_to_log_file = lambda *args, **kwargs: logged.append(" ".join(map(str, args)))
 
-    def refused(self):
-        raise ValueError("the model takes 2 input channels; the chunked predictor takes single-channel CT models")
+    def refused(self, settings):
+        raise ValueError("the plans resample probabilities with spline order 3 (order_z 0); chunked prediction "
+                         "exports nnU-Net's default linear resampling (order <= 1) only")
 
     monkeypatch.setattr(_Cascade, "_chunked_predictor", refused)
     monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", lambda self, save: calls.append(save))
     trainer.perform_actual_validation(True)
     assert calls == [True]
     assert len(logged) == 1 and "nnU-Net's own validation runs" in logged[0] and why in logged[0]
+
+
+def test_a_bad_budget_is_an_error_not_a_fallback(monkeypatch):
+    trainer = _Cascade.__new__(_Cascade)
+    trainer.is_cascaded = False
+    from types import SimpleNamespace
+
+    trainer.configuration_manager = SimpleNamespace(next_stage_names=None)
+    trainer.label_manager = SimpleNamespace(has_regions=False)
+    monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", lambda self, save: pytest.fail("fell back"))
+    monkeypatch.setenv(VALIDATION_RAM_VARIABLE, "8GB")
+    with pytest.raises(ValueError, match="nnUNet_ctorg_val_max_ram_gb must be a number of GB, got '8GB'"):
+        trainer.perform_actual_validation(False)
