@@ -11,8 +11,9 @@ measure the validation pipeline, not a model.
 Each validation runs in its own process: (a) ``nnUNetTrainer.perform_actual_validation`` (nnU-Net's: whole
 case, its export pool of ``nnUNet_def_n_proc`` spawned workers, its metrics pool), (b) the same trainer with
 ``BoundedValidation`` (``nnUNetTrainer_BoundedVal``; default budget). Peak RSS = the largest sum of the resident
-memory of the process and all its children (workers included), sampled every 50 ms. The labels of (b) are
-compared with (a)'s.
+memory of the process and all its children (workers included), sampled every 50 ms; ``main`` = the
+validating process's own high-water mark (VmHWM; nnU-Net's export and both metrics run in spawned workers).
+The labels of (b) are compared with (a)'s.
 
     python benchmarks/validation_memory.py [--lengths 160 640] [--classes 4 20] [--size 384]
 """
@@ -175,11 +176,13 @@ def main() -> None:
                                                str(preprocessed)], env)
                 inner = json.loads(out.strip().splitlines()[-1])
                 measured[mode] = {"peak_tree_gb": peak, "wall_s": wall, "validation_s": inner["seconds"],
+                                  "main_gb": inner["main_vmhwm_gb"],
                                   "labels": sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz")))}
             a, b = measured["nnunet"], measured["bounded"]
             row = {"classes": n_classes, "slices": n, "in_plane": args.size,
                    "nnunet_peak_gb": round(a["peak_tree_gb"], 2), "bounded_peak_gb": round(b["peak_tree_gb"], 2),
                    "rss_ratio": round(b["peak_tree_gb"] / a["peak_tree_gb"], 3),
+                   "nnunet_main_gb": round(a["main_gb"], 2), "bounded_main_gb": round(b["main_gb"], 2),
                    "nnunet_validation_s": round(a["validation_s"], 1),
                    "bounded_validation_s": round(b["validation_s"], 1),
                    "time_ratio": round(b["validation_s"] / a["validation_s"], 3),
