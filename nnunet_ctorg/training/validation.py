@@ -33,6 +33,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 VALIDATION_RAM_VARIABLE = "nnUNet_ctorg_val_max_ram_gb"
 # on CUDA: the GPU memory of the process the chunks must fit in (unset: 90 % of the free GPU memory)
 VALIDATION_GPU_VARIABLE = "nnUNet_ctorg_val_max_gpu_gb"
+# chunk length (mm of the network grid, at least one tile row): the input is already preprocessed, so short
+# chunks cost no resampling margins; the chunk's logit sums and the logits awaiting export scale with it
+# (benchmarks/validation_memory.py: 20 classes, 640 slices, 300 mm chunks held 2.8 GB against nnU-Net's 5.3)
+VALIDATION_CHUNK_MM = 100.0
 # share of the memory available at the start of the validation that the default budget takes
 DEFAULT_AVAILABLE_SHARE = 0.7
 # bytes per voxel one worker of nnU-Net's compute_metrics holds: the reference and the prediction as read by
@@ -137,10 +141,11 @@ class BoundedValidation(nnUNetTrainer):
 
     @staticmethod
     def _chunk_settings():
-        """Chunks of 300 mm or what ``nnUNet_ctorg_val_max_ram_gb`` (and, on CUDA, ``..._gpu_gb``) allows."""
+        """Chunks of :data:`VALIDATION_CHUNK_MM` or what ``nnUNet_ctorg_val_max_ram_gb`` (and, on CUDA,
+        ``..._gpu_gb``) allows."""
         from nnunet_ctorg.inference.chunked_predictor import ChunkSettings
 
-        return ChunkSettings("auto", validation_ram_budget_gb(), VALIDATION_RAM_VARIABLE,
+        return ChunkSettings(VALIDATION_CHUNK_MM, validation_ram_budget_gb(), VALIDATION_RAM_VARIABLE,
                              budget_from_environment(VALIDATION_GPU_VARIABLE))
 
     def _chunked_predictor(self, settings):
