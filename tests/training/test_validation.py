@@ -179,7 +179,10 @@ def test_a_case_over_the_budget_fails_alone_with_the_gb_it_needs(trained, nnunet
     finer = "ctorg_090"
     others = max(v for c, v in needs.items() if c != finer)
     assert needs[finer] > others
-    assert not list(folder.glob("ctorg_*")) and not (folder / "summary.json").exists()  # older outputs removed
+    # the older labels and summary are removed; the older .npz/.pkl, which a run without --npz does not write, are left
+    # as nnU-Net leaves them
+    assert not list(folder.glob("ctorg_*.nii.gz")) and not (folder / "summary.json").exists()
+    assert sorted(p.name for p in folder.glob("ctorg_*.npz")) == [f"{c}.npz" for c in VALIDATION_CASES]
     # between the others' need and the finer case's
     monkeypatch.setenv(VALIDATION_RAM_VARIABLE, f"{(needs[finer] + others) / 2:.3f}")
     trainer.perform_actual_validation(save_probabilities=False)
