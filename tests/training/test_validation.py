@@ -317,3 +317,15 @@ def test_a_bad_budget_is_an_error_not_a_fallback(monkeypatch):
     monkeypatch.setenv(VALIDATION_RAM_VARIABLE, "8GB")
     with pytest.raises(ValueError, match="nnUNet_ctorg_val_max_ram_gb must be a number of GB, got '8GB'"):
         trainer.perform_actual_validation(False)
+
+
+def test_validation_chunks_and_budgets_come_from_the_environment(monkeypatch):
+    from nnunet_ctorg.training.validation import VALIDATION_CHUNK_MM, VALIDATION_GPU_VARIABLE
+
+    monkeypatch.setenv(VALIDATION_RAM_VARIABLE, "6")
+    monkeypatch.setenv(VALIDATION_GPU_VARIABLE, "20")
+    settings = BoundedValidation._chunk_settings()
+    assert (settings.chunk_mm, settings.max_ram_gb, settings.max_gpu_gb) == (VALIDATION_CHUNK_MM, 6.0, 20.0)
+    assert settings.budget_name == VALIDATION_RAM_VARIABLE and VALIDATION_CHUNK_MM == 100.0
+    monkeypatch.delenv(VALIDATION_GPU_VARIABLE)
+    assert BoundedValidation._chunk_settings().max_gpu_gb is None  # the default: 90 % of the free GPU memory
