@@ -360,6 +360,21 @@ def _small_chunked() -> ChunkedPredictor:
                             ChunkSettings(chunk_mm=80))
 
 
+def test_network_runs_once_before_the_base_ram_is_measured():
+    """What the network's first run adds for good (kernels, thread pools) belongs to the base of the budget."""
+    import torch
+
+    predictor = standin_predictor(standin_plans(spacing=(8.0, 8.0, 8.0), patch=(8, 16, 16)))
+    predictor.network.train()
+    inputs = []
+    hook = predictor.network.register_forward_pre_hook(lambda m, args: inputs.append((m.training, args[0])))
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=80))
+    hook.remove()
+    assert [(training, tuple(x.shape), float(torch.abs(x).max())) for training, x in inputs] == \
+        [(False, (1, 1, 8, 16, 16), 0.0)]
+    assert predictor.network.training and chunked.base_gb > 0  # its mode is given back
+
+
 def test_folder_sharding_resume_and_failures(ct_folder, tmp_path):
     chunked = _small_chunked()
     one = predict_folder(chunked, ct_folder, tmp_path / "one", progress=False)
@@ -525,9 +540,11 @@ def test_command_bounds_peak_ram_by_the_chunk(tiny_model, tmp_path):
     # chunks of a fifth of the 1364 mm scan: below the one-chunk run, and flat in the scan's length
     assert chunk_gb < whole_gb and chunk_gb - base_gb <= 1.25 * (half_gb - base_gb), (chunk_gb, half_gb, base_gb)
     budget = round((chunk_gb + whole_gb) / 2, 2)  # below the whole image's peak
-    budget_gb, _ = _peak_rss_of([*common, *long_in, "-o", str(tmp_path / "budget"), "--chunk_mm", "0", "--max_ram_gb",
-                                 str(budget)])
-    assert budget_gb <= budget, (budget_gb, budget)
+    budget_gb, in_budget = _peak_rss_of([*common, *long_in, "-o", str(tmp_path / "budget"), "--chunk_mm", "0",
+                                         "--max_ram_gb", str(budget)])
+    # the estimate that chose the chunks is in the summary; base_rss_gb includes the network's first run
+    assert budget_gb <= in_budget["estimated_peak_gb"]["long"] <= budget, (budget_gb, in_budget, budget)
+    assert "estimated_peak_gb" in whole and not whole["estimated_peak_gb"]  # no budget, no estimate
     whole = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "whole" / "long.nii.gz")))
     chunked = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "chunked" / "long.nii.gz")))
     # a real (2-epoch) model: chunks give the labels of one whole-scan chunk
