@@ -1,10 +1,10 @@
-"""Lung and bone labelers on the real CT of ../shared/data/real_ct, both modes.
+"""Lung and bone labelers on the real CT of tests/data/real_ct, both modes.
 
 Prints the Dice against the TotalSegmentator reference on example_ct_sm (lungs = the five lobes,
 bone = the scheme's bone structures), counts labelled voxels outside the body on example_ct (with
 its exam table) and saves a PNG overlay (axial, coronal, sagittal) of example_ct's masks.
 
-    python benchmarks/labelers_real_ct.py [--data ../shared/data/real_ct] [-o labelers_real_ct.png]
+    python benchmarks/labelers_real_ct.py [--data tests/data/real_ct] [-o labelers_real_ct.png]
 """
 
 import argparse
@@ -25,7 +25,7 @@ def main() -> None:
     from nnunet_ctorg.labelers import label_bones, label_lungs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/real_ct")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "tests/data/real_ct")
     parser.add_argument("-o", type=Path, default=Path("labelers_real_ct.png"), help="PNG overlay to write")
     args = parser.parse_args()
 

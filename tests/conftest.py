@@ -1,11 +1,11 @@
-"""Shared fixtures: a synthetic CT phantom, the real CT of ../shared, and a tiny nnU-Net dataset."""
+"""Shared fixtures: a synthetic CT phantom, the real CT of tests/data, and a tiny nnU-Net dataset."""
 
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CT_DIR = REPO.parent / "shared" / "data" / "real_ct"
+REAL_CT_DIR = REPO / "tests" / "data" / "real_ct"  # TotalSegmentator's example CT (Apache-2.0, see its README)
 
 
 @pytest.fixture(scope="session")
