@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_ct" / "example_ct.nii.gz"
+REAL_CT = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_ct" / "example_ct.nii.gz"
 
 
 def time_case(preprocessor, files, plans, configuration, dataset_json, repeats):

@@ -28,7 +28,7 @@ from pathlib import Path
 DATASET_ID, DATASET_NAME = 995, "AAModels"
 PLANS, TRAINER = "nnUNetPlans", "CTOrgIOUTrainer_demo"
 BUDGET_PATCH, BUDGET_FEATURES = (64, 64, 64), 8
-REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_ct"
+REAL_CT = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_ct"
 
 
 def timed_run(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
