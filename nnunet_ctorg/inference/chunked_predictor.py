@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ctorg.inference.body_crop import BodyCropSettings, image_axes
+from nnunet_ctorg.inference.case_plan import CasePlan, NetworkGrid, plan_case, plane_voxels
+from nnunet_ctorg.inference.chunk_steps import LogitSums, SliceExport, TileRunner, export_bytes_per_voxel, network_input
 from nnunet_ctorg.inference.slab_resampling import SlabResampler, resampling_kind
-from nnunet_ctorg.inference.tile_chunks import axis_range, complete_until, row_groups, shift_slicer, tile_rows
 
 # normalisations that map each voxel on its own, monotonically (so a slab is normalised as the whole scan)
 POINTWISE_NORMALIZATIONS = ("CTNormalization", "NoNormalization")
@@ -98,28 +99,20 @@ class ScanStatistics:
     high: list[np.ndarray]
 
 
-@dataclass(frozen=True)
-class NetworkGrid:
-    """One case's geometry in nnU-Net's transposed axes (``transpose_forward`` ``tf``, backward ``tb``).
+@dataclass
+class CaseOutputs:
+    """Where one case's prediction goes: ``labels`` (an array, or a streamed
+    :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter`), nnU-Net's class ``probabilities`` (a
+    :class:`~nnunet_ctorg.inference.probability_export.ProbabilityWriter`) if wanted, the ``body_box`` outside
+    which the labels are background, what the case holds outside the chunks (``volume_bytes``, counted by the
+    RAM budget), its name in messages and whether to show progress."""
 
-    ``k``: the chunk axis; ``bbox_t``: nnU-Net's crop to non-zero voxels; ``crop_t``: the cropped shape;
-    ``net``: the shape on the network grid (before padding to the patch); ``spacing_t``/``target``: the
-    spacings of the original and the network grid.
-    """
-
-    tf: list[int]
-    tb: list[int]
-    k: int
-    bbox_t: list[tuple[int, int]]
-    crop_t: list[int]
-    net: list[int]
-    spacing_t: list[float]
-    target: list[float]
-
-
-def _plane_voxels(bbox, k: int) -> float:
-    """Voxels of one slice across axis ``k`` of the box ``bbox`` (per axis ``(start, stop)``)."""
-    return float(np.prod([b - a for a, b in bbox])) / (bbox[k][1] - bbox[k][0])
+    labels: object
+    probabilities: object = None
+    body_box: tuple | None = None
+    volume_bytes: int = 0
+    what: str = "case"
+    progress: bool = False
 
 
 def _slabs(shape, axis: int, slab: int, box=None):
@@ -278,8 +271,8 @@ class ChunkedPredictor:
             box = body_crop_box(hu, spacing, axial, ap, self.body_crop, what)
         # the CT (unless read slab by slab), its labels and the label image written (unless streamed)
         volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2 * (not streamed))
-        self.predict_array(hu, spacing, axial, labels, progress, what, volume_bytes, body_box=box,
-                           probabilities=probabilities)
+        self.predict_array(hu, spacing, axial, labels, progress=progress, what=what, volume_bytes=volume_bytes,
+                           body_box=box, probabilities=probabilities)
         return None if streamed else labels
 
     def check_whole_volume_steps(self, shape, ct_bytes: int, postprocess: bool, previews: bool, what: str) -> None:
@@ -307,7 +300,7 @@ class ChunkedPredictor:
 
     # --- the chunked whole-scan computation ----------------------------------------------------------
 
-    def predict_array(self, hu: np.ndarray, spacing, axial: int, out: np.ndarray, progress: bool = False,
+    def predict_array(self, hu: np.ndarray, spacing, axial: int, out: np.ndarray, *, progress: bool = False,
                       what: str = "image", volume_bytes: int | None = None, body_box: tuple | None = None,
                       probabilities=None) -> None:
         """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``.
@@ -351,9 +344,10 @@ class ChunkedPredictor:
             self._resample_network_slices(hu, grid, axial, data_rs, clip, view, n_lo, n_hi)
 
         margin = 0 if data_rs.identity else data_rs.margin + 4
-        self._predict_chunks(grid, fill, margin, out, progress, what, volume_bytes, body_box, probabilities)
+        case = CaseOutputs(out, probabilities, body_box, volume_bytes, what, progress)
+        self._predict_chunks(grid, fill, margin, case)
 
-    def predict_preprocessed(self, data, properties: dict, out, progress: bool = False, what: str = "case",
+    def predict_preprocessed(self, data, properties: dict, out, *, progress: bool = False, what: str = "case",
                              volume_bytes: int = 0, probabilities=None) -> None:
         """nnU-Net's labels of a case preprocessed by nnU-Net (its validation input), written into ``out``.
 
@@ -388,10 +382,9 @@ class ChunkedPredictor:
             index[grid.k] = slice(n_lo, n_hi)
             view[...] = torch.from_numpy(np.ascontiguousarray(data[(slice(None), *index)], dtype=np.float32))
 
-        self._predict_chunks(grid, fill, 0, out, progress, what, volume_bytes, None, probabilities)
+        self._predict_chunks(grid, fill, 0, CaseOutputs(out, probabilities, None, volume_bytes, what, progress))
 
-    def _predict_chunks(self, grid: "NetworkGrid", fill, margin: int, out, progress: bool, what: str,
-                        volume_bytes: int, body_box, probabilities) -> None:
+    def _predict_chunks(self, grid: NetworkGrid, fill, margin: int, case: "CaseOutputs") -> None:
         """The sliding window of the whole network grid in chunks of tile rows, and the export of finished slices.
 
         ``fill(view, n_lo, n_hi)`` writes network slices [n_lo, n_hi) along ``grid.k`` (unpadded) into the
@@ -401,113 +394,45 @@ class ChunkedPredictor:
         from tqdm import tqdm
 
         p = self.predictor
-        cm = p.configuration_manager
-        tf, tb, k, bbox_t, crop_t, net = grid.tf, grid.tb, grid.k, grid.bbox_t, grid.crop_t, grid.net
-        target, spacing_t = grid.target, grid.spacing_t
-        streamed = not getattr(out, "in_memory", True)
+        streamed = not getattr(case.labels, "in_memory", True)
         if streamed:
-            out.keep_box = body_box
-        if probabilities is not None:
-            probabilities.keep_box, probabilities.axis = body_box, tf[k]
-        export_rs = SlabResampler(net, crop_t, target, spacing_t, k, self.export_resampling)
-        # nnU-Net pads the network-grid image to at least the patch (centred, with 0)
-        patch = list(cm.patch_size)
-        first_padded = 3 - len(patch)
-        padded, pad_below = list(net), [0, 0, 0]
-        for d in range(first_padded, 3):
-            if net[d] < patch[d - first_padded]:
-                padded[d] = patch[d - first_padded]
-                pad_below[d] = (padded[d] - net[d]) // 2
-        slicers = p._internal_get_sliding_window_slicers(padded)
-        starts, tile = tile_rows(slicers, k)
-        row_of = {int(s): i for i, s in enumerate(starts)}
-        keep = self._tiles_for_box(body_box, bbox_t, tf, crop_t, net, target, spacing_t, pad_below)
-        if keep is None:  # the box misses the scan's non-zero voxels
+            case.labels.keep_box = case.body_box
+        if case.probabilities is not None:
+            case.probabilities.keep_box, case.probabilities.axis = case.body_box, grid.tf[grid.k]
+        plan = plan_case(p, grid, case.body_box, self.export_resampling)
+        self.last_tiles = (plan.tiles_run, plan.n_tiles)
+        if not plan.chunks:  # the box misses the scan's non-zero voxels
             if not streamed:
-                out[...] = 0
-            self.last_chunks, self.last_tiles = [], (0, len(slicers))
+                case.labels[...] = 0
+            self.last_chunks = []
             return
-        by_row: list[list[tuple]] = [[] for _ in starts]  # (nnU-Net's position in its loop, slicer)
-        for i, s in enumerate(slicers):
-            if all(axis_range(s, d)[0] < keep[d][1] and axis_range(s, d)[1] > keep[d][0] for d in range(3)):
-                by_row[row_of[axis_range(s, k)[0]]].append((i, s))
-        self.last_tiles = (sum(len(r) for r in by_row), len(slicers))
-        groups = row_groups(len(starts), self._rows_per_chunk(
-            starts, tile, padded, net, crop_t, k, target[k], margin, volume_bytes, what,
-            probabilities is not None))
-
-        # original slice -> network slices its export reads (unpadded)
-        self.last_chunks = groups
-        need = np.array([export_rs.source_range(o, o + 1) for o in range(crop_t[k])])
-        results_device = p.device if p.perform_everything_on_device and self.sums_on_device else torch.device("cpu")
-        gaussian = 1
-        if p.use_gaussian:
-            from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
-            gaussian = compute_gaussian(tuple(patch), sigma_scale=1. / 8, value_scaling_factor=10,
-                                        device=results_device)
-        n_heads = p.label_manager.num_segmentation_heads
+        plan = plan.in_chunks(self._rows_per_chunk(plan, margin, case))
+        self.last_chunks = list(plan.chunks)
+        sums_device = p.device if p.perform_everything_on_device and self.sums_on_device else torch.device("cpu")
+        runner = TileRunner(p, sums_device)
         folds = p.list_of_parameters or [None]  # None: the network's own weights (a trainer's validation)
-        acc: list[tuple] | None = None  # per fold (logit sums, weight sums) over padded slices [acc_lo, ...)
-        acc_lo = 0
-        final = None  # fold-averaged logits of complete slices [final_lo, final_hi) (padded)
-        final_lo = 0
-        next_export = 0
-        pb = pad_below[k]
-        def chunk_input(group):
-            lo, hi = int(starts[group[0]]), int(starts[group[1] - 1]) + tile
-            return self._network_input(fill, self.n_channels, net, padded, pad_below, k, lo, hi)
-
-        with closing(self._chunk_inputs(groups, chunk_input)) as inputs:
-            for (first, stop), data in tqdm(zip(groups, inputs), total=len(groups), desc=f"{what} chunks",
-                                            unit="chunk", leave=False, disable=not progress):
-                lo = int(starts[first])
-                # carry the sums of slices [lo, the previous chunk's end) and start new ones
-                new_acc = []
-                for f in range(len(folds)):
-                    logits = torch.zeros((n_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
-                    weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
-                    if acc is not None:
-                        carried = acc[f][0].shape[k + 1] - (lo - acc_lo)
-                        if carried > 0:
-                            src = [slice(None)] * 4
-                            src[k + 1] = slice(lo - acc_lo, None)
-                            dst = [slice(None)] * 4
-                            dst[k + 1] = slice(0, carried)
-                            logits[tuple(dst)] = acc[f][0][tuple(src)]
-                            weights[tuple(dst[1:])] = acc[f][1][tuple(src[1:])]
-                    new_acc.append((logits, weights))
-                acc, acc_lo = new_acc, lo
-                # in nnU-Net's order: where the chunk axis is not its outer loop, the half-precision sums of a voxel
-                # are then added in nnU-Net's order except across chunk seams
-                rows = [shift_slicer(s, k, lo) for _, s in sorted(t for r in range(first, stop) for t in by_row[r])]
-                data = data.to(results_device)
-                for f, params in enumerate(folds):
-                    self._run_tiles(params, data, rows, acc[f][0], acc[f][1], gaussian, results_device)
+        sums = LogitSums(len(folds), p.label_manager.num_segmentation_heads, grid.k, sums_device)
+        export = SliceExport(plan, self.export_resampling, case.labels, case.probabilities, p.label_manager,
+                             self.export_block_bytes)
+        inputs = self._chunk_inputs(plan.chunks, lambda chunk: network_input(plan, chunk, self.n_channels, fill))
+        with closing(inputs):
+            for chunk, data in tqdm(zip(plan.chunks, inputs), total=len(plan.chunks), desc=f"{case.what} chunks",
+                                    unit="chunk", leave=False, disable=not case.progress):
+                sums.start_chunk(plan.chunk_slices(chunk)[0], data.shape[1:])
+                data, tiles = data.to(sums_device), plan.chunk_tiles(chunk)
+                for params, (logits, weights) in zip(folds, sums.sums):
+                    runner.run(params, data, tiles, logits, weights)
                 del data
-                done = complete_until(starts, padded[k], stop)  # padded slices below are complete
-                final, final_lo = self._finish(acc, acc_lo, done, final, final_lo, k)
-                # export every original slice whose network slices are complete
-                stop_export = next_export
-                while stop_export < crop_t[k] and need[stop_export, 1] + pb <= done:
-                    stop_export += 1
-                if stop_export > next_export:
-                    self._export(final, final_lo, need, next_export, stop_export, export_rs, pad_below, net, k,
-                                 bbox_t, tb, out, probabilities)
-                    next_export = stop_export
-                    if next_export < crop_t[k]:  # keep what the next exports read
-                        keep = int(need[next_export:, 0].min()) + pb - final_lo
-                        index = [slice(None)] * 4
-                        index[k + 1] = slice(max(keep, 0), None)
-                        final, final_lo = final[tuple(index)].clone(), final_lo + max(keep, 0)
-        if next_export != crop_t[k]:
-            raise RuntimeError(f"{what}: exported {next_export} of {crop_t[k]} slices")
-        if body_box is not None and not streamed:  # background outside the box
-            for axis, b in enumerate(body_box):
-                for outside in (slice(0, b.start), slice(b.stop, out.shape[axis])):
+                export.add_complete(sums, plan.complete_after(chunk))
+                export.export_ready()
+        if not export.done:
+            raise RuntimeError(f"{case.what}: exported {export.exported} of {grid.crop_t[grid.k]} slices")
+        if case.body_box is not None and not streamed:  # background outside the box
+            for axis, b in enumerate(case.body_box):
+                for outside in (slice(0, b.start), slice(b.stop, case.labels.shape[axis])):
                     index = [slice(None)] * 3
                     index[axis] = outside
-                    out[tuple(index)] = 0
+                    case.labels[tuple(index)] = 0
 
     def _chunk_inputs(self, groups, chunk_input):
         """The network input of each chunk in turn; with :attr:`overlap`, the next one is computed in a thread
@@ -529,25 +454,6 @@ class ChunkedPredictor:
                 del data
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
-
-    def _tiles_for_box(self, body_box, bbox_t, tf, crop_t, net, target, spacing_t, pad_below):
-        """Per transposed axis, the padded network range [a, b) the export of ``body_box`` reads.
-
-        Every tile that covers a voxel of this range is run, so these voxels get all their whole-scan
-        tiles. ``[(0, inf)] * 3`` without a box; ``None`` if the box lies outside the non-zero crop.
-        """
-        if body_box is None:
-            return [(0, np.inf)] * 3
-        keep = []
-        for d in range(3):
-            box = body_box[tf[d]]
-            lo, hi = max(box.start - bbox_t[d][0], 0), min(box.stop - bbox_t[d][0], crop_t[d])
-            if lo >= hi:
-                return None
-            reader = SlabResampler(net, crop_t, target, spacing_t, d, self.export_resampling)
-            a, b = reader.source_range(lo, hi)
-            keep.append((a + pad_below[d], b + pad_below[d]))
-        return keep
 
     def _clip_ranges(self, hu, stats: ScanStatistics, bbox_t, tf, axial: int, data_rs: SlabResampler):
         """The input ranges scikit-image's resize clips to: the scan's, or per slice across the separate axis.
@@ -598,22 +504,6 @@ class ChunkedPredictor:
         block = np.asarray(hu[tuple(index)], dtype=np.float32)  # a new array: normalised in place
         return self._normalize(block.transpose(tf)[None])
 
-    @staticmethod
-    def _network_input(fill, channels: int, net, padded, pad_below, k: int, lo: int, hi: int):
-        """Padded (channels, ...) network input of padded slices [lo, hi) along transposed axis ``k`` (zeros in the
-        padding, as nnU-Net pads), its network slices written by ``fill``."""
-        import torch
-
-        n_lo, n_hi = max(lo - pad_below[k], 0), min(hi - pad_below[k], net[k])
-        shape = list(padded)
-        shape[k] = hi - lo
-        data = torch.zeros((channels, *shape), dtype=torch.float32)
-        if n_hi > n_lo:
-            dst = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
-            dst[k] = slice(n_lo + pad_below[k] - lo, n_hi + pad_below[k] - lo)
-            fill(data[(slice(None), *dst)], n_lo, n_hi)
-        return data
-
     def _resample_network_slices(self, hu, grid: "NetworkGrid", axial: int, data_rs: SlabResampler, clip, view,
                                  n_lo: int, n_hi: int) -> None:
         """nnU-Net's preprocessing of network slices [n_lo, n_hi) of the CT array ``hu`` into ``view``, in blocks
@@ -635,144 +525,35 @@ class ChunkedPredictor:
     def _prep_block_slices(self, data_rs: SlabResampler, bbox_t, k: int) -> int:
         """Network slices per preprocessing block: the original slices they read (margins included) hold
         about :attr:`prep_block_voxels` voxels, at least 8 network slices (all of them if the scan is short)."""
-        plane = _plane_voxels(bbox_t, k)
+        plane = plane_voxels(bbox_t, k)
         n_in, n_out = data_rs.in_shape[k], data_rs.out_shape[k]
         reach = 0 if data_rs.identity else data_rs.margin + data_rs._order(k) // 2 + 3
         slices_in = self.prep_block_voxels / plane - 2 * reach
         return max(int(slices_in * n_out / n_in), 8)
 
-    def _run_tiles(self, params, data, slicers, logits, weights, gaussian, results_device) -> None:
-        """nnU-Net's sliding-window loop over ``slicers`` (its tile call, mirroring and Gaussian), one fold."""
-        import torch
-        from nnunetv2.configuration import default_num_processes
-        from nnunetv2.utilities.helpers import dummy_context
-        from torch._dynamo import OptimizedModule
-
-        p = self.predictor
-        network = p.network._orig_mod if isinstance(p.network, OptimizedModule) else p.network
-        if params is not None:
-            network.load_state_dict(params)
-        p.network = p.network.to(p.device)
-        p.network.eval()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(min(default_num_processes, threads))
-        try:
-            with torch.inference_mode(), (torch.autocast(p.device.type, enabled=True) if p.device.type == "cuda"
-                                          else dummy_context()):
-                for sl in slicers:
-                    workon = torch.clone(data[sl][None], memory_format=torch.contiguous_format).to(p.device)
-                    prediction = p._internal_maybe_mirror_and_predict(workon)[0].to(results_device)
-                    if p.use_gaussian:
-                        prediction *= gaussian
-                    logits[sl] += prediction
-                    weights[sl[1:]] += gaussian
-        finally:
-            torch.set_num_threads(threads)
-
-    def _finish(self, acc, acc_lo, done, final, final_lo, k):
-        """Divide the complete slices of every fold, average the folds as nnU-Net does, append to ``final``."""
-        import torch
-
-        start = (final_lo + final.shape[k + 1]) if final is not None else acc_lo
-        if start < acc_lo:
-            raise RuntimeError(f"slices from {start} on are not complete but only those from {acc_lo} are still summed")
-        if done <= start:
-            return final, final_lo
-        index = [slice(None)] * 4
-        index[k + 1] = slice(start - acc_lo, done - acc_lo)
-        prediction = None
-        for logits, weights in acc:
-            w = weights[tuple(index[1:])]
-            part = torch.div(logits[tuple(index)], w)
-            part.masked_fill_(w == 0, 0)  # voxels no tile reached (skipped outside a body box)
-            if torch.any(torch.isinf(part)):
-                raise RuntimeError("Encountered inf in predicted array (as nnU-Net would report it)")
-            part = part.to("cpu")
-            prediction = part if prediction is None else prediction + part
-        if len(acc) > 1:
-            prediction /= len(acc)
-        if final is None:
-            return prediction, start
-        return torch.cat([final, prediction], dim=k + 1), final_lo
-
-    def _export(self, final, final_lo, need, o_lo, o_hi, export_rs, pad_below, net, k, bbox_t, tb, out,
-                probabilities=None) -> None:
-        """Argmax of the resampled logits of original slices [o_lo, o_hi), written into ``out``, in blocks of
-        about :attr:`export_block_bytes`. With ``probabilities`` (a :class:`ProbabilityWriter`), nnU-Net's
-        ``--save_probabilities`` path: the softmax of the resampled logits goes there and the labels are its argmax.
-        """
-        per_voxel = self._export_bytes_per_voxel(probabilities is not None)
-        plane = _plane_voxels(bbox_t, k)
-        per_block = max(int(self.export_block_bytes / (per_voxel * plane)), 1)
-        for b_lo in range(o_lo, o_hi, per_block):
-            self._export_block(final, final_lo, need, b_lo, min(b_lo + per_block, o_hi), export_rs, pad_below, net,
-                               k, bbox_t, tb, out, probabilities)
-
-    def _export_bytes_per_voxel(self, probabilities: bool) -> float:
-        """Bytes an export block holds per original voxel: two float64 steps of one class, its float16 result,
-        the running maximum and its class; with probabilities every class's float16 result, their float32
-        copy and softmax, their transposed copy, and the writer's float32 slab and its box-cleared copy."""
-        n = self.predictor.label_manager.num_segmentation_heads
-        return 16.0 + 2.0 + 2.0 + 1.0 + (n * (2.0 + 4.0 + 4.0 + 4.0 + 8.0) if probabilities else 0.0)
-
-    def _export_block(self, final, final_lo, need, o_lo, o_hi, export_rs, pad_below, net, k, bbox_t, tb, out,
-                      probabilities) -> None:
-        a, b = int(need[o_lo:o_hi, 0].min()), int(need[o_lo:o_hi, 1].max())
-        index = [slice(pad_below[d], pad_below[d] + net[d]) for d in range(3)]
-        index[k] = slice(a + pad_below[k] - final_lo, b + pad_below[k] - final_lo)
-        best = best_class = None
-        channels = []
-        for c in range(final.shape[0]):
-            channel = final[(c, *index)].numpy()
-            channel = export_rs.resample(channel, a, o_lo, o_hi, out_dtype=np.float16)
-            if probabilities is not None:
-                channels.append(channel)
-                continue
-            if best is None:
-                best, best_class = np.array(channel), np.zeros(channel.shape, out.dtype)
-                continue
-            better = channel > best
-            best[better] = channel[better]
-            best_class[better] = c
-        index = [slice(*bbox_t[tb[j]]) for j in range(3)]
-        index[tb.index(k)] = slice(bbox_t[k][0] + o_lo, bbox_t[k][0] + o_hi)
-        if probabilities is not None:  # nnU-Net's calls: softmax in float32, then the argmax of the probabilities
-            lm = self.predictor.label_manager
-            stacked = np.stack(channels)
-            del channels
-            probs = lm.apply_inference_nonlin(stacked)
-            del stacked
-            best_class = lm.convert_probabilities_to_segmentation(probs).numpy().astype(out.dtype)
-            probabilities[tuple(index)] = probs.numpy().transpose([0, *[d + 1 for d in tb]])
-            del probs
-        out[tuple(index)] = best_class.transpose(tb)
-
-    def _rows_per_chunk(self, starts, tile, padded, net, crop_t, k, net_spacing: float, margin: int,
-                        volume_bytes: int, what: str, with_probabilities: bool = False) -> int:
-        """Tile rows per chunk: from ``chunk_mm``, then as many as the RAM budget (if any) allows."""
-        n_rows = len(starts)
-        step = (starts[-1] - starts[0]) / (n_rows - 1) if n_rows > 1 else tile
+    def _rows_per_chunk(self, plan: CasePlan, margin: int, case: "CaseOutputs") -> int:
+        """Tile rows per chunk: from ``chunk_mm``, then as many as the GPU and RAM budgets (if any) allow."""
+        n_rows = len(plan.starts)
         chunk_mm = self.chunks.chunk_mm
         rows = n_rows
         if chunk_mm is not None:
-            length = (300.0 if chunk_mm == "auto" else float(chunk_mm)) / net_spacing
-            rows = min(max(1, int((length - tile) // max(step, 1)) + 1), n_rows)
-        rows = self._rows_within_gpu_budget(rows, step, tile, padded, k)
+            length = (300.0 if chunk_mm == "auto" else float(chunk_mm)) / plan.grid.target[plan.k]
+            rows = min(max(1, int((length - plan.tile) // max(plan.step, 1)) + 1), n_rows)
+        rows = self._rows_within_gpu_budget(rows, plan.step, plan.tile, plan.padded, plan.k)
         self.last_estimate_gb = None
         if self.chunks.max_ram_gb is None:
             return rows
         budget = self.chunks.max_ram_gb * 1024**3
+        with_probabilities = case.probabilities is not None
         for r in range(rows, 0, -1):
-            estimate = self.estimate_bytes(r, step, tile, padded, net, crop_t, k, margin, volume_bytes,
-                                           with_probabilities)
+            estimate = self.estimate_bytes(plan, r, margin, case.volume_bytes, with_probabilities)
             if estimate <= budget:
                 self.last_estimate_gb = estimate / 1024**3
                 return r
-        need = self.estimate_bytes(1, step, tile, padded, net, crop_t, k, margin, volume_bytes,
-                                   with_probabilities) / 1024**3
-        raise ValueError(f"{what}: {self.chunks.budget_name} {self.chunks.max_ram_gb:g} is too small: about "
+        need = self.estimate_bytes(plan, 1, margin, case.volume_bytes, with_probabilities) / 1024**3
+        raise ValueError(f"{case.what}: {self.chunks.budget_name} {self.chunks.max_ram_gb:g} is too small: about "
                          f"{need:.2f} GB are needed with chunks of one tile row (the model and libraries hold "
-                         f"{self.base_gb:.1f} GB, the CT and its labels {volume_bytes / 1024**3:.1f} GB)")
+                         f"{self.base_gb:.1f} GB, the CT and its labels {case.volume_bytes / 1024**3:.1f} GB)")
 
     def gpu_budget_bytes(self) -> float | None:
         """GPU memory a chunk may add beyond what the process holds on the device now; ``None`` off CUDA."""
@@ -820,9 +601,9 @@ class ChunkedPredictor:
         self.sums_on_device = False
         return rows
 
-    def estimate_bytes(self, rows: int, step: float, tile: int, padded, net, crop_t, k: int, margin: int,
-                       volume_bytes: int, with_probabilities: bool = False) -> float:
-        """Peak RSS (bytes) of a case predicted in chunks of ``rows`` tile rows.
+    def estimate_bytes(self, plan: CasePlan, rows: int, margin: int, volume_bytes: int,
+                       with_probabilities: bool = False) -> float:
+        """Peak RSS (bytes) of a case of ``plan`` predicted in chunks of ``rows`` tile rows.
 
         Terms: the process before the case (measured with the model on its device); the CT and its labels
         (``volume_bytes``); per fold the half-precision logit and weight sums of a chunk and its carried
@@ -830,12 +611,14 @@ class ChunkedPredictor:
         chunk (its original slab as float32, then its prefiltered float64 copy and the block after the first
         step, or three float64 arrays of the partly resampled block) while the chunk's float32 network input
         is filled, (b) the network input and a tile's activations, (c) exporting one block (float64 network
-        slab, :meth:`_export_bytes_per_voxel` per original voxel); with :attr:`overlap` one more network input,
-        and a block's preprocessing beside the tile activations. The arrays times :data:`ESTIMATE_MARGIN`.
+        slab, :func:`~nnunet_ctorg.inference.chunk_steps.export_bytes_per_voxel` per original voxel); with
+        :attr:`overlap` one more network input, and a block's preprocessing beside the tile activations. The
+        arrays times :data:`ESTIMATE_MARGIN`.
         """
         p = self.predictor
         cm = p.configuration_manager
         n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters or [None])
+        padded, net, crop_t, k, step, tile = plan.padded, plan.grid.net, plan.grid.crop_t, plan.k, plan.step, plan.tile
         plane_net = float(np.prod(padded)) / padded[k]
         plane_orig = float(np.prod(crop_t)) / crop_t[k]
         ratio = crop_t[k] / net[k]
@@ -851,7 +634,7 @@ class ChunkedPredictor:
         features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
                     or [32])[0]
         activations = 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)
-        per_voxel = self._export_bytes_per_voxel(with_probabilities)
+        per_voxel = export_bytes_per_voxel(n_classes, with_probabilities)
         exported = min(max(self.export_block_bytes / per_voxel, plane_orig), length * ratio * plane_orig)
         export = 8.0 * (exported / plane_orig / ratio + 2) * plane_net + per_voxel * exported
         if self.overlap:  # the next chunk's input is made while this one runs, and waits through the export

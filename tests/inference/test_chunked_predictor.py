@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_ctorg.inference.case_plan import NetworkGrid, body_box_network_ranges
+from nnunet_ctorg.inference.chunk_steps import SliceExport
 from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
 from tests.inference.standin import LABELS, nnunet_labels, standin_plans, standin_predictor
 
@@ -60,7 +62,7 @@ def test_preprocessing_and_export_in_small_blocks_give_nnunets_labels(real_ct_6m
     chunked.prep_block_voxels = 64 * ny * nx  # a few network slices beyond the spline margins
     chunked.export_block_bytes = 1  # one original slice per export block
     calls = {"prep": 0, "export": 0}
-    read, export = ChunkedPredictor._normalized_block, ChunkedPredictor._export_block
+    read, export = ChunkedPredictor._normalized_block, SliceExport._export_block
 
     def counted_read(self, *args):
         calls["prep"] += 1
@@ -71,7 +73,7 @@ def test_preprocessing_and_export_in_small_blocks_give_nnunets_labels(real_ct_6m
         return export(self, *args)
 
     monkeypatch.setattr(ChunkedPredictor, "_normalized_block", counted_read)
-    monkeypatch.setattr(ChunkedPredictor, "_export_block", counted_export)
+    monkeypatch.setattr(SliceExport, "_export_block", counted_export)
     labels = chunked.predict_image(real_ct_6mm)
     assert len(chunked.last_chunks) == 1 and calls["prep"] >= 3 and calls["export"] >= 50
     assert np.mean(labels == reference) >= least
@@ -314,8 +316,8 @@ def test_body_box_runs_every_tile_of_the_network_voxels_its_export_reads():
     net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
     for start in range(5, 9):
         box = (slice(start, start + 50), slice(start, start + 20), slice(start + 3, start + 30))
-        keep = chunked._tiles_for_box(box, [(0, n) for n in crop_t], [0, 1, 2], crop_t, net, target, spacing_t,
-                                      [0, 0, 0])
+        grid = NetworkGrid([0, 1, 2], [0, 1, 2], 0, [(0, n) for n in crop_t], crop_t, net, spacing_t, target)
+        keep = body_box_network_ranges(grid, [0, 0, 0], box, chunked.export_resampling)
         for d in range(3):
             # network values 1 inside the kept range, 1e6 outside: the box's export must read only ones
             profile = np.full(net[d], 1e6)
