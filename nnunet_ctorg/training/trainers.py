@@ -1,8 +1,9 @@
-"""nnU-Net trainers of nnunet-ctorg.
+"""nnU-Net trainers of nnunet-ctorg that a user selects with ``-tr``.
 
 The classes live here, in the installed package, so that they can be pickled (nnU-Net's
 data-loader workers and checkpoints refer to them by module path). The folder printed by
-``nnunet_ctorg_env`` only re-exports them for nnU-Net's ``nnUNet_extTrainer`` lookup.
+``nnunet_ctorg_env`` only re-exports them for nnU-Net's ``nnUNet_extTrainer`` lookup. The demo's
+budgets and the reliability benchmark's candidates are in :mod:`nnunet_ctorg.training.variants`.
 """
 
 import os
@@ -281,6 +282,17 @@ class CTOrgIOUCETrainer(CTOrgIOUTrainer):
     ce_warmup_epochs = 0
 
 
+class CTOrgIOUTrainer_plainIOU(CTOrgIOUTrainer):
+    """The paper's loss as written: ``1 - IoU`` per example (the plans' ``batch_dice``) over every class, no
+    cross-entropy."""
+
+    iou_log = False
+    iou_over_batch = None
+    iou_skip_absent = False
+    ce_weight = 0.0
+    ce_warmup_epochs = 0
+
+
 class CTOrgIOUTrainer_nnUNetDA(CTOrgIOUTrainer):
     """IOU loss with nnU-Net's CPU augmentation in the data-loader workers (ablation of the device pipeline)."""
 
@@ -322,102 +334,3 @@ class CTOrgIOUTrainer_tiny(CTOrgIOUTrainer):
         self.num_epochs = 2
         self.num_iterations_per_epoch = 4
         self.num_val_iterations_per_epoch = 2
-
-
-class DemoBudget(SeededTraining):
-    """The README demo's budget for any trainer: a short CPU run that still learns the large organs.
-
-    45 epochs x 16 iterations (720), 2 validation iterations per epoch, and no mirroring
-    test-time augmentation at inference (8x fewer network passes in the final validation and in
-    ``nnUNetv2_predict``); training still mirrors. Put it first among the bases. ``budget_factor``
-    multiplies the epochs (``benchmarks/trainer_reliability.py`` uses it to show what longer
-    training gives).
-    """
-
-    budget_factor: ClassVar[int] = 1
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 45 * self.budget_factor
-        self.num_iterations_per_epoch = 16
-        self.num_val_iterations_per_epoch = 2
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return configured
-
-
-class CTOrgIOUTrainer_demo(DemoBudget, CTOrgIOUTrainer):
-    """``CTOrgIOUTrainer`` at the demo's budget; as in paper 003 §VI-C, the first third of the epochs
-    trains on plain crops and augmentation starts afterwards."""
-
-    augmentation_start_epoch = 15
-
-
-class CTOrgIOUTrainer_demo3x(CTOrgIOUTrainer_demo):
-    """``CTOrgIOUTrainer_demo`` with three times the epochs (135 x 16 iterations), augmentation from epoch 45."""
-
-    budget_factor = 3
-    augmentation_start_epoch = 45
-
-
-class CTOrgIOUTrainer_plainIOU(CTOrgIOUTrainer):
-    """The paper's loss as written: ``1 - IoU`` per example (the plans' ``batch_dice``) over every class, no
-    cross-entropy."""
-
-    iou_log = False
-    iou_over_batch = None
-    iou_skip_absent = False
-    ce_weight = 0.0
-    ce_warmup_epochs = 0
-
-
-class nnUNetTrainer_CTOrgDemo(DemoBudget):
-    """nnU-Net's own trainer (Dice + CE, CPU augmentation) at the demo's budget: the reference of
-    ``benchmarks/trainer_reliability.py``."""
-
-
-class nnUNetTrainer_CTOrgDemo3x(nnUNetTrainer_CTOrgDemo):
-    """``nnUNetTrainer_CTOrgDemo`` with three times the epochs (135 x 16 iterations)."""
-
-    budget_factor = 3
-
-
-class CTOrgIOUTrainer_plainIOU_demo(DemoBudget, CTOrgIOUTrainer_plainIOU):
-    """The paper's ``1 - IoU`` per example at the demo's budget (benchmark candidate)."""
-
-    augmentation_start_epoch = 15
-
-
-class CTOrgIOUCETrainer_demo(DemoBudget, CTOrgIOUCETrainer):
-    """IOU + CE at the demo's budget (benchmark candidate)."""
-
-    augmentation_start_epoch = 15
-
-
-class CTOrgIOUTrainer_batchIOU_demo(CTOrgIOUTrainer_plainIOU_demo):
-    """``1 - IoU`` over the batch (benchmark candidate)."""
-
-    iou_over_batch = True
-
-
-class CTOrgIOUTrainer_batchIOU_CEwarmup_demo(CTOrgIOUTrainer_plainIOU_demo):
-    """``1 - IoU`` over the batch + CE decaying from 1 to 0 over 15 epochs (benchmark candidate)."""
-
-    iou_over_batch = True
-    ce_warmup_epochs = 15
-
-
-class CTOrgIOUTrainer_batchLogIOU_demo(CTOrgIOUTrainer_batchIOU_demo):
-    """``-log IoU`` over the batch and every class (benchmark candidate; lost the bladder in 2 of 3 seeds)."""
-
-    iou_log = True
-
-
-class CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo(CTOrgIOUTrainer_batchLogIOU_demo):
-    """``-log IoU`` over the batch, classes absent from the batch left out (benchmark candidate, chosen: the
-    configuration of ``CTOrgIOUTrainer`` and ``CTOrgIOUTrainer_demo``)."""
-
-    iou_skip_absent = True

@@ -1,5 +1,6 @@
 """Trainer discovery, picklability, signatures, the deep-supervision loss, and a real CPU run."""
 
+import importlib
 import inspect
 import json
 import math
@@ -18,22 +19,59 @@ from nnunet_ctorg.augmentation import AugmentationParameters, augmentation_crop_
 from nnunet_ctorg.training import trainers as ours
 from nnunet_ctorg.training.loss import SoftIoULoss
 from tests.conftest import nnunet_command
+from tests.training.trainer_setup import make_trainer, training_transforms
 
-TRAINER_NAMES = ["CTOrgIOUTrainer", "CTOrgIOUCETrainer", "CTOrgIOUTrainer_5epochs", "CTOrgIOUTrainer_tiny",
-                 "CTOrgIOUTrainer_demo", "CTOrgIOUTrainer_nnUNetDA", "CTOrgIOUTrainer_NoDA",
-                 "CTOrgIOUTrainer_plainIOU", "CTOrgIOUTrainer_plainIOU_demo", "CTOrgIOUCETrainer_demo",
-                 "CTOrgIOUTrainer_batchIOU_demo", "CTOrgIOUTrainer_batchIOU_CEwarmup_demo",
-                 "CTOrgIOUTrainer_batchLogIOU_demo", "nnUNetTrainer_CTOrgDemo",
-                 "CTOrgIOUTrainer_demo3x", "nnUNetTrainer_CTOrgDemo3x"]
+USER_MODULE = "nnunet_ctorg.training.trainers"
+DEMO_MODULE = "nnunet_ctorg.training.variants.demo_budgets"
+CANDIDATE_MODULE = "nnunet_ctorg.training.variants.reliability_candidates"
+BOUNDED_MODULE = "nnunet_ctorg.training.bounded_variants"
+PACKAGE_MODULES = (USER_MODULE, DEMO_MODULE, CANDIDATE_MODULE)
+# every trainer nnU-Net's -tr finds in our folder, and the module that defines it
+SELECTABLE = {
+    "CTOrgIOUTrainer": USER_MODULE, "CTOrgIOUCETrainer": USER_MODULE, "CTOrgIOUTrainer_plainIOU": USER_MODULE,
+    "CTOrgIOUTrainer_nnUNetDA": USER_MODULE, "CTOrgIOUTrainer_NoDA": USER_MODULE,
+    "CTOrgIOUTrainer_5epochs": USER_MODULE, "CTOrgIOUTrainer_tiny": USER_MODULE,
+    "CTOrgIOUTrainer_demo": DEMO_MODULE, "CTOrgIOUTrainer_demo3x": DEMO_MODULE,
+    "nnUNetTrainer_CTOrgDemo": DEMO_MODULE, "nnUNetTrainer_CTOrgDemo3x": DEMO_MODULE,
+    "CTOrgIOUTrainer_plainIOU_demo": CANDIDATE_MODULE, "CTOrgIOUCETrainer_demo": CANDIDATE_MODULE,
+    "CTOrgIOUTrainer_batchIOU_demo": CANDIDATE_MODULE, "CTOrgIOUTrainer_batchIOU_CEwarmup_demo": CANDIDATE_MODULE,
+    "CTOrgIOUTrainer_batchLogIOU_demo": CANDIDATE_MODULE,
+    "CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo": CANDIDATE_MODULE,
+}
+# bases for writing trainers, deliberately not offered to -tr
+BASES = {"SeededTraining": USER_MODULE, "DemoBudget": DEMO_MODULE}
+TRAINER_NAMES = list(SELECTABLE)
 
 
-@pytest.mark.parametrize("name", TRAINER_NAMES)
-def test_nnunet_finds_the_installed_class_through_ext_trainer(name, nnunet_env):
+def _defined_trainers() -> dict[str, type]:
+    """Every nnU-Net trainer class defined in the package's trainer modules."""
+    found = {}
+    for module in map(importlib.import_module, PACKAGE_MODULES):
+        for name, cls in vars(module).items():
+            if isinstance(cls, type) and issubclass(cls, nnUNetTrainer) and cls.__module__ == module.__name__:
+                found[name] = cls
+    return found
+
+
+def test_every_trainer_of_the_package_is_selectable_or_a_declared_base():
+    assert set(_defined_trainers()) == set(SELECTABLE) | set(BASES)
+
+
+@pytest.mark.parametrize("name, module", [*SELECTABLE.items(), *BASES.items(),
+                                          ("nnUNetTrainer_BoundedVal", BOUNDED_MODULE),
+                                          ("nnUNetTrainerNoMirroring_BoundedVal", BOUNDED_MODULE)])
+def test_nnunet_finds_the_installed_class_through_ext_trainer(name, module, nnunet_env):
+    """nnU-Net's own ``-tr`` lookup over ``nnUNet_extTrainer`` finds each trainer by name: the class of the
+    installed package (so that pickles name a stable module), never a copy made by importing the folder."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
+    if name in BASES:
+        with pytest.raises(RuntimeError, match="Could not find"):
+            recursive_find_trainer_class_by_name(name)
+        return
     cls = recursive_find_trainer_class_by_name(name)
-    assert cls is getattr(ours, name)
-    assert cls.__module__ == "nnunet_ctorg.training.trainers"
+    assert cls is getattr(importlib.import_module(module), name)
+    assert cls.__module__ == module and cls.__name__ == name
     assert pickle.loads(pickle.dumps(cls)) is cls
 
 
@@ -56,47 +94,22 @@ def test_names_do_not_collide_with_nnunet_trainers(name):
 
 @pytest.mark.parametrize("name", TRAINER_NAMES)
 def test_init_signature_is_nnunets(name):
-    assert inspect.signature(getattr(ours, name).__init__) == inspect.signature(nnUNetTrainer.__init__)
+    cls = getattr(importlib.import_module(SELECTABLE[name]), name)
+    assert inspect.signature(cls.__init__) == inspect.signature(nnUNetTrainer.__init__)
 
 
 def test_env_command_prints_the_folder_with_the_reexport(monkeypatch):
     from nnunet_ctorg.env import export_line, trainer_folder
 
-    assert (Path(trainer_folder()) / "ctorg_trainers.py").is_file()
+    assert all((Path(trainer_folder()) / f).is_file() for f in ("ctorg_trainers.py", "benchmark_trainers.py"))
     line = export_line("bash", current=os.pathsep.join(["/elsewhere", trainer_folder()]))
     assert line.startswith("export nnUNet_extTrainer=")
     value = line.split("=", 1)[1].strip("'")
     assert value.split(os.pathsep) == [trainer_folder(), "/elsewhere"]
 
 
-def _trainer(cls, raw_dataset: Path, preprocessed: Path, device: str = "cpu", plans_update: dict | None = None,
-             **configuration):
-    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
-    plans.update(plans_update or {})
-    plans["configurations"]["3d_fullres"].update(configuration)
-    plans["continue_training"] = False  # nnU-Net 2.8's run_training passes this through the plans
-    dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
-    return cls(plans, "3d_fullres", 0, dataset_json, device=torch.device(device))
-
-
-@pytest.fixture(scope="module")
-def planned_dataset(module_nnunet_env):
-    """A tiny CT-ORG phantom dataset, planned by nnU-Net (no preprocessing)."""
-    nnunet_env = module_nnunet_env
-    from nnunet_ctorg.dataset_conversion.ctorg import convert_ctorg_dataset
-    from nnunet_ctorg.phantoms.cli import generate_dataset
-
-    src = nnunet_env / "ctorg"
-    generate_dataset("ctorg", str(src), 5, "abdomen", (10.0, 10.0, 10.0), first_id=21, progress=False)
-    generate_dataset("ctorg", str(src), 1, "abdomen", (10.0, 10.0, 10.0), first_id=0, progress=False)
-    raw = convert_ctorg_dataset(src, nnunet_env / "nnUNet_raw", 990, "Tiny")
-    subprocess.run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "990", "-c", "3d_fullres", "-np", "1",
-                    "-npfp", "1", "--no_pbar", "--no_pp"], check=True, capture_output=True, env=dict(os.environ))
-    return raw, nnunet_env / "nnUNet_preprocessed" / raw.name
-
-
 def test_iou_trainer_loss_is_iou_with_nnunets_deep_supervision_weights(planned_dataset):
-    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+    trainer = make_trainer(ours.CTOrgIOUTrainer, *planned_dataset)
     loss = trainer._build_loss()
     assert isinstance(loss, DeepSupervisionWrapper)
     n = len(trainer._get_deep_supervision_scales())
@@ -106,7 +119,7 @@ def test_iou_trainer_loss_is_iou_with_nnunets_deep_supervision_weights(planned_d
     assert isinstance(loss.loss.dc, SoftIoULoss) and loss.loss.weight_ce == 0
     assert loss.loss.dc.do_bg is True and loss.loss.dc.power == 1.0
     assert loss.loss.dc.log is True and loss.loss.dc.batch_dice is True
-    paper = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset)._build_loss()
+    paper = make_trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset)._build_loss()
     assert paper.loss.dc.log is False
 
     rng = np.random.default_rng(0)
@@ -116,7 +129,7 @@ def test_iou_trainer_loss_is_iou_with_nnunets_deep_supervision_weights(planned_d
     expected = sum(wi * float(loss.loss.dc(o, t)) for wi, o, t in zip(loss.weight_factors, outputs, targets))
     assert float(loss(outputs, targets)) == pytest.approx(expected, rel=1e-5)
 
-    iou_ce = _trainer(ours.CTOrgIOUCETrainer, *planned_dataset)._build_loss()
+    iou_ce = make_trainer(ours.CTOrgIOUCETrainer, *planned_dataset)._build_loss()
     assert iou_ce.loss.weight_ce == 1 and isinstance(iou_ce.loss.dc, SoftIoULoss)
 
 
@@ -141,12 +154,12 @@ def test_seeded_trainer_seeds_every_generator_before_the_network_is_built(planne
     draws = []
     for seed in ("5", "5", "6"):
         monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, seed)
-        trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+        trainer = make_trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
         assert trainer.training_seed == int(seed)
         draws.append((random.random(), float(np.random.uniform()), float(torch.rand(1))))
     assert draws[0] == draws[1] and all(a != b for a, b in zip(draws[0], draws[2]))
     monkeypatch.delenv(ours.SEED_ENVIRONMENT_VARIABLE)
-    assert _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset).training_seed is None
+    assert make_trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset).training_seed is None
 
 
 def test_seeded_trainer_seeds_its_device_augmentation(planned_dataset, monkeypatch):
@@ -157,8 +170,8 @@ def test_seeded_trainer_seeds_its_device_augmentation(planned_dataset, monkeypat
             monkeypatch.delenv(ours.SEED_ENVIRONMENT_VARIABLE, raising=False)
         else:
             monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, seed)
-        trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
-        _, crop = _training_transforms(trainer)
+        trainer = make_trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+        _, crop = training_transforms(trainer)
         return [pack_parameters(trainer.device_augmentation.draw_parameters((4, 1, *crop)))[0] for _ in range(3)]
 
     first, again, other, unseeded = draws("5"), draws("5"), draws("6"), draws(None)
@@ -198,7 +211,7 @@ def test_seeded_trainer_replaces_nnunets_loaders_by_one_seeded_worker_each(plann
     streams = []
     for seed in ("5", "5", "6"):
         monkeypatch.setenv(ours.SEED_ENVIRONMENT_VARIABLE, seed)
-        trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+        trainer = make_trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
         train, val = trainer.get_dataloaders()
         try:
             assert [(g.num_processes, len(g.seeds)) for g in (train, val)] == [(1, 1), (1, 1)]
@@ -210,7 +223,7 @@ def test_seeded_trainer_replaces_nnunets_loaders_by_one_seeded_worker_each(plann
     assert len(started) == 6 and not any(g.initialized for g in started)  # nnU-Net's workers were shut down
     assert np.array_equal(streams[0], streams[1]) and not np.array_equal(streams[0], streams[2])
     monkeypatch.delenv(ours.SEED_ENVIRONMENT_VARIABLE)
-    trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+    trainer = make_trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
     unseeded = trainer.get_dataloaders()
     assert unseeded == tuple(started[-2:]) and all(g.initialized for g in unseeded)  # nnU-Net's, untouched
     for g in started:
@@ -218,46 +231,18 @@ def test_seeded_trainer_replaces_nnunets_loaders_by_one_seeded_worker_each(plann
 
 
 def test_iou_over_the_batch_and_the_plans_batch_dice(planned_dataset):
-    plain = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=False)._build_loss()
+    plain = make_trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=False)._build_loss()
     assert plain.loss.dc.batch_dice is False and plain.loss.weight_ce == 0
-    plain = _trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=True)._build_loss()
+    plain = make_trainer(ours.CTOrgIOUTrainer_plainIOU, *planned_dataset, batch_dice=True)._build_loss()
     assert plain.loss.dc.batch_dice is True
-    for cls in (ours.CTOrgIOUTrainer, ours.CTOrgIOUTrainer_demo, ours.CTOrgIOUTrainer_batchIOU_demo):
-        over_batch = _trainer(cls, *planned_dataset, batch_dice=False)._build_loss()
-        assert over_batch.loss.dc.batch_dice is True and over_batch.loss.weight_ce == 0
-    iou_ce = _trainer(ours.CTOrgIOUCETrainer, *planned_dataset, batch_dice=False)._build_loss()
+    over_batch = make_trainer(ours.CTOrgIOUTrainer, *planned_dataset, batch_dice=False)._build_loss()
+    assert over_batch.loss.dc.batch_dice is True and over_batch.loss.weight_ce == 0
+    iou_ce = make_trainer(ours.CTOrgIOUCETrainer, *planned_dataset, batch_dice=False)._build_loss()
     assert iou_ce.loss.dc.batch_dice is False and iou_ce.loss.weight_ce == 1 and iou_ce.loss.dc.log is False
 
 
-def test_the_chosen_loss_skips_absent_classes_and_the_candidates_keep_theirs(planned_dataset):
-    # the reliability benchmark's choice: -log IoU over the batch and the classes present in it
-    for cls in (ours.CTOrgIOUTrainer, ours.CTOrgIOUTrainer_demo, ours.CTOrgIOUTrainer_demo3x,
-                ours.CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo):
-        dc = _trainer(cls, *planned_dataset, batch_dice=False)._build_loss().loss.dc
-        assert (dc.log, dc.batch_dice, dc.skip_absent, dc.do_bg) == (True, True, True, True), cls.__name__
-    for cls in (ours.CTOrgIOUTrainer_plainIOU, ours.CTOrgIOUCETrainer, ours.CTOrgIOUTrainer_batchLogIOU_demo,
-                ours.CTOrgIOUTrainer_batchIOU_demo):
-        assert _trainer(cls, *planned_dataset)._build_loss().loss.dc.skip_absent is False, cls.__name__
-
-
-def test_cross_entropy_warmup_decays_linearly_to_the_final_weight(planned_dataset, monkeypatch):
-    trainer = _trainer(ours.CTOrgIOUTrainer_batchIOU_CEwarmup_demo, *planned_dataset)
-    n = trainer.ce_warmup_epochs
-    assert n == 15 and trainer.ce_weight == 0
-    assert [trainer.ce_weight_at(e) for e in (0, 5, n, n + 10)] == pytest.approx([1, 2 / 3, 0, 0])
-    trainer.loss = trainer._build_loss()
-    assert trainer.loss.loss.weight_ce == 1
-    monkeypatch.setattr(nnUNetTrainer, "on_train_epoch_start", lambda self: None)
-    for epoch, weight in ((3, 0.8), (n, 0.0)):
-        trainer.current_epoch = epoch
-        trainer.on_train_epoch_start()
-        assert trainer.loss.loss.weight_ce == pytest.approx(weight)
-    constant = _trainer(ours.CTOrgIOUCETrainer, *planned_dataset)
-    assert [constant.ce_weight_at(e) for e in (0, 100)] == [1, 1]
-
-
 def test_trainers_pickle_with_their_state(planned_dataset):
-    trainer = _trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
+    trainer = make_trainer(ours.CTOrgIOUTrainer_tiny, *planned_dataset)
     clone = pickle.loads(pickle.dumps(trainer._build_loss()))
     assert isinstance(clone.loss.dc, SoftIoULoss)
     assert trainer.num_epochs == 2 and trainer.num_iterations_per_epoch == 4
@@ -314,27 +299,6 @@ def test_nnunetv2_train_and_predict_commands_run_our_trainer_on_cpu(nnunet_env):
     assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(labels)
 
 
-def test_demo_trainer_mirrors_in_training_but_not_at_inference(planned_dataset):
-    trainer = _trainer(ours.CTOrgIOUTrainer_demo, *planned_dataset)
-    *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    assert mirror_axes is not None and len(mirror_axes) == 3
-    assert trainer.inference_allowed_mirroring_axes is None
-    plain = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
-    plain.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    assert plain.inference_allowed_mirroring_axes == mirror_axes
-
-
-def _training_transforms(trainer):
-    configured = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    rotation, dummy_2d, initial_patch, mirror_axes = configured
-    lm = trainer.label_manager
-    transforms = trainer.get_training_transforms(
-        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), mirror_axes,
-        dummy_2d, use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm, is_cascaded=False,
-        foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
-    return transforms, initial_patch
-
-
 class _DeepSupervisionNet(torch.nn.Module):
     """Stand-in network: a 1x1x1 convolution whose output is resized to every deep-supervision scale."""
 
@@ -351,8 +315,8 @@ class _DeepSupervisionNet(torch.nn.Module):
 
 
 def test_iou_trainer_loader_only_crops_and_train_step_augments_on_the_device(planned_dataset):
-    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
-    transforms, initial_patch = _training_transforms(trainer)
+    trainer = make_trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+    transforms, initial_patch = training_transforms(trainer)
     assert transforms is None  # the data-loader workers only load and crop
     assert trainer.device_augmentation is not None
     patch = tuple(trainer.configuration_manager.patch_size)
@@ -373,39 +337,24 @@ def test_iou_trainer_loader_only_crops_and_train_step_augments_on_the_device(pla
     assert np.isfinite(result["loss"])
 
 
-def test_demo_trainer_trains_on_plain_crops_before_augmentation_starts(planned_dataset, monkeypatch):
-    trainer = _trainer(ours.CTOrgIOUTrainer_demo, *planned_dataset)
-    _, initial_patch = _training_transforms(trainer)
-    used = []
-    trainer.device_augmentation = lambda image, labels: used.append("augmented") or (image, labels)
-    trainer.device_crop = lambda image, labels: used.append("plain") or (image, labels)
-    monkeypatch.setattr(nnUNetTrainer, "train_step", lambda self, batch: {"loss": 0.0})  # no network step here
-    batch = {"data": torch.zeros((1, 1, *initial_patch)), "target": torch.zeros((1, 1, *initial_patch))}
-    for epoch in (0, trainer.augmentation_start_epoch - 1, trainer.augmentation_start_epoch):
-        trainer.current_epoch = epoch
-        trainer.train_step(batch)
-    assert used == ["plain", "plain", "augmented"]
-    assert 0 < trainer.augmentation_start_epoch < trainer.num_epochs
-
-
 def test_ablation_trainers_keep_nnunets_cpu_augmentation_or_none(planned_dataset):
     from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 
-    da = _trainer(ours.CTOrgIOUTrainer_nnUNetDA, *planned_dataset)
-    transforms, initial_patch = _training_transforms(da)
+    da = make_trainer(ours.CTOrgIOUTrainer_nnUNetDA, *planned_dataset)
+    transforms, initial_patch = training_transforms(da)
     assert any(isinstance(t, SpatialTransform) for t in transforms.transforms) and da.device_augmentation is None
     assert isinstance(da._build_loss().loss.dc, SoftIoULoss)
 
-    no_da = _trainer(ours.CTOrgIOUTrainer_NoDA, *planned_dataset)
-    transforms, initial_patch = _training_transforms(no_da)
+    no_da = make_trainer(ours.CTOrgIOUTrainer_NoDA, *planned_dataset)
+    transforms, initial_patch = training_transforms(no_da)
     assert not any(isinstance(t, SpatialTransform) for t in transforms.transforms)
     assert list(initial_patch) == list(no_da.configuration_manager.patch_size)
     assert no_da.inference_allowed_mirroring_axes is None and no_da.device_augmentation is None
 
 
 def test_device_pipeline_reads_the_plans_ct_normalisation(planned_dataset):
-    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset)
-    _training_transforms(trainer)
+    trainer = make_trainer(ours.CTOrgIOUTrainer, *planned_dataset)
+    training_transforms(trainer)
     warp = trainer.device_augmentation.transforms[0]
     props = trainer.plans_manager.foreground_intensity_properties_per_channel["0"]
     assert warp.image_fill == pytest.approx([(props["percentile_00_5"] - props["mean"]) / props["std"]])
@@ -423,8 +372,8 @@ def test_the_plans_rotation_axes_and_spacing_reach_the_device_pipeline(planned_d
     plan's spacing reach the pipeline, and the loader's crop is sized from our ranges."""
     configuration = {"patch_size": [8, 40, 32], "spacing": [4.0, 1.0, 1.25]} if anisotropic else {}
     transpose = {"transpose_forward": [1, 2, 0], "transpose_backward": [2, 0, 1]} if anisotropic else {}
-    trainer = _trainer(_PhysicalRotationTrainer, *planned_dataset, plans_update=transpose, **configuration)
-    _, initial_patch = _training_transforms(trainer)
+    trainer = make_trainer(_PhysicalRotationTrainer, *planned_dataset, plans_update=transpose, **configuration)
+    _, initial_patch = training_transforms(trainer)
     pipeline = trainer.device_augmentation
     warp, occlusion, low_resolution = pipeline.transforms[0], pipeline.transforms[1], pipeline.transforms[7]
     patch = tuple(trainer.configuration_manager.patch_size)
@@ -443,8 +392,8 @@ def test_the_plans_rotation_axes_and_spacing_reach_the_device_pipeline(planned_d
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_train_step_on_cuda_with_amp_augments_on_the_device(planned_dataset):
-    trainer = _trainer(ours.CTOrgIOUTrainer, *planned_dataset, device="cuda")
-    _, initial_patch = _training_transforms(trainer)
+    trainer = make_trainer(ours.CTOrgIOUTrainer, *planned_dataset, device="cuda")
+    _, initial_patch = training_transforms(trainer)
     scales = trainer._get_deep_supervision_scales()
     trainer.network = _DeepSupervisionNet(len(trainer.label_manager.all_labels), scales).to("cuda")
     trainer.loss = trainer._build_loss()

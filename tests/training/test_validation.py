@@ -234,10 +234,15 @@ def test_every_nnunet_trainer_has_a_bounded_variant(nnunet_env):
 
 
 def test_every_trainer_of_the_package_validates_bounded():
-    for name in dir(ours):
-        cls = getattr(ours, name)
-        if isinstance(cls, type) and issubclass(cls, nnUNetTrainer) and cls.__module__ == ours.__name__:
-            assert issubclass(cls, BoundedValidation), name
+    from nnunet_ctorg.training.variants import demo_budgets, reliability_candidates
+
+    checked = 0
+    for module in (ours, demo_budgets, reliability_candidates):
+        for name, cls in vars(module).items():
+            if isinstance(cls, type) and issubclass(cls, nnUNetTrainer) and cls.__module__ == module.__name__:
+                assert issubclass(cls, BoundedValidation), name
+                checked += 1
+    assert checked == 19
 
 
 @pytest.mark.parametrize("value, expected", [("12", 12.0), (" 0.5 ", 0.5)])
