@@ -1,17 +1,17 @@
 """Cranio-caudal chunked prediction on top of ``nnUNetPredictor`` that gives nnU-Net's own labels.
 
 A CT is processed in chunks along its cranio-caudal axis, and every step is the whole-scan step of
-``nnUNetv2_predict`` restricted to the chunk:
+``nnUNetv2_predict`` restricted to the chunk. Per case, :class:`ChunkedPredictor` coordinates:
 
-- nnU-Net's crop to non-zero voxels uses the bounding box of the whole scan (a cheap pre-pass);
-- normalisation is nnU-Net's normalizer class (pointwise for CT models);
-- resampling to the network's spacing and back is nnU-Net's ``resample_data_or_seg_to_shape`` at the
-  whole scan's sample positions, computed from slabs with margins (:mod:`.slab_resampling`);
-- the sliding window is nnU-Net's tile grid of the *whole* scan, run in chunks of tile rows whose
-  half-precision sums are carried across chunks (:mod:`.tile_chunks`), with nnU-Net's network call,
-  mirroring, Gaussian and fold averaging;
-- an original slice is exported (argmax of the resampled logits) once the network slices it reads are
-  complete, straight into the uint8 label volume.
+1. the plan (:mod:`.case_plan`): the case's network grid (nnU-Net's crop to the whole scan's non-zero voxels,
+   its transposed axes, its resampled shape), nnU-Net's tile grid of the *whole* padded scan, the tiles a body
+   box keeps, the chunks of tile rows (from ``chunk_mm`` and the RAM/GPU budgets, :meth:`estimate_bytes`) and
+   the network slices each original slice's export reads;
+2. per chunk, the steps (:mod:`.chunk_preprocessing`, :mod:`.chunk_steps`): its network input (nnU-Net's
+   normalisation and resampling at the whole scan's sample positions, from slabs with margins), nnU-Net's
+   network call, mirroring and Gaussian over its tiles into half-precision sums carried across chunks
+   (:mod:`.tile_chunks`), and the export (nnU-Net's probability resampling, argmax or softmax) of every
+   original slice whose network slices are complete, straight into the label volume.
 
 No float array of the whole scan exists. Where the whole-scan run cannot be reproduced the predictor
 refuses with a clear message (region-based models, cascades, image-dependent normalisation,
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ctorg.inference.body_crop import BodyCropSettings, image_axes
-from nnunet_ctorg.inference.case_plan import CasePlan, NetworkGrid, plan_case, plane_voxels
+from nnunet_ctorg.inference.case_plan import CasePlan, NetworkGrid, plan_case
+from nnunet_ctorg.inference.chunk_preprocessing import CTPreprocessing, NetworkSlices
 from nnunet_ctorg.inference.chunk_steps import LogitSums, SliceExport, TileRunner, export_bytes_per_voxel, network_input
-from nnunet_ctorg.inference.slab_resampling import SlabResampler, resampling_kind
+from nnunet_ctorg.inference.slab_resampling import resampling_kind
 
 # normalisations that map each voxel on its own, monotonically (so a slab is normalised as the whole scan)
 POINTWISE_NORMALIZATIONS = ("CTNormalization", "NoNormalization")
@@ -86,20 +87,6 @@ class ChunkSettings:
 
 
 @dataclass
-class ScanStatistics:
-    """What the whole scan contributes to nnU-Net's per-case preprocessing, gathered slab by slab.
-
-    ``bbox``: nnU-Net's crop to non-zero voxels, per array axis; ``low``/``high``: per array axis, the
-    minimum/maximum of every index inside that crop (``low[a][i]`` = min over the cropped slice ``i``
-    across axis ``a``; ``inf``/``-inf`` outside the crop).
-    """
-
-    bbox: list[tuple[int, int]]
-    low: list[np.ndarray]
-    high: list[np.ndarray]
-
-
-@dataclass
 class CaseOutputs:
     """Where one case's prediction goes: ``labels`` (an array, or a streamed
     :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter`), nnU-Net's class ``probabilities`` (a
@@ -113,44 +100,6 @@ class CaseOutputs:
     volume_bytes: int = 0
     what: str = "case"
     progress: bool = False
-
-
-def _slabs(shape, axis: int, slab: int, box=None):
-    """(index along ``axis``, block index) of consecutive slabs of ``slab`` slices, inside ``box`` if given."""
-    box = box or [(0, n) for n in shape]
-    for start in range(box[axis][0], box[axis][1], slab):
-        index = [slice(*b) for b in box]
-        index[axis] = slice(start, min(start + slab, box[axis][1]))
-        yield index[axis], tuple(index)
-
-
-def scan_statistics(hu: np.ndarray, axis: int, slab: int = 16) -> ScanStatistics:
-    """:class:`ScanStatistics` of a 3-D array, reading ``slab`` slices along ``axis`` at a time (two passes)."""
-    nonzero = [np.zeros(s, bool) for s in hu.shape]
-    for along, index in _slabs(hu.shape, axis, slab):
-        nz = np.asarray(hu[index]) != 0
-        for a in range(3):
-            any_nz = nz.any(axis=tuple(b for b in range(3) if b != a))
-            if a == axis:
-                nonzero[a][along] = any_nz
-            else:
-                nonzero[a] |= any_nz
-    bbox = []
-    for a in range(3):
-        hit = np.flatnonzero(nonzero[a])
-        bbox.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, hu.shape[a]))
-    # the extremes of nnU-Net's cropped image: zeros outside the crop do not count
-    low = [np.full(s, np.inf) for s in hu.shape]
-    high = [np.full(s, -np.inf) for s in hu.shape]
-    for along, index in _slabs(hu.shape, axis, slab, bbox):
-        block = np.asarray(hu[index])
-        for a in range(3):
-            other = tuple(b for b in range(3) if b != a)
-            lo, hi = block.min(axis=other), block.max(axis=other)
-            at = along if a == axis else slice(*bbox[a])
-            np.minimum(low[a][at], lo, out=low[a][at])
-            np.maximum(high[a][at], hi, out=high[a][at])
-    return ScanStatistics(bbox, low, high)
 
 
 class ChunkedPredictor:
@@ -191,14 +140,13 @@ class ChunkedPredictor:
         if len(cm.normalization_schemes) != 1 and not preprocessed_input:
             raise ValueError(f"the model takes {len(cm.normalization_schemes)} input channels; the chunked "
                              f"predictor takes single-channel CT models")
-        self.data_resampling = None if preprocessed_input else resampling_kind(cm.configuration, "data")
+        self.preprocessing = None if preprocessed_input else CTPreprocessing(predictor)
         self.export_resampling = resampling_kind(cm.configuration, "probabilities")
         if max(self.export_resampling["order"], self.export_resampling["order_z"]) > 1:
             # scikit-image clips a spline of order > 1 to the whole input's range, known only at the end
             raise ValueError(f"the plans resample probabilities with spline order "
                              f"{self.export_resampling['order']} (order_z {self.export_resampling['order_z']}); "
                              f"chunked prediction exports nnU-Net's default linear resampling (order <= 1) only")
-        self.preprocessor = cm.preprocessor_class(verbose=False)
         predictor.network.to(predictor.device)
         self._warm_up_network()
         self.base_gb = current_rss_gb()  # with the model on its device and its runtime loaded
@@ -224,20 +172,6 @@ class ChunkedPredictor:
             p.network.train(training)
 
     # --- geometry of one case ------------------------------------------------------------------------
-
-    def _normalize(self, block: np.ndarray) -> np.ndarray:
-        """nnU-Net's normalisation of a float32 (1, ...) block, in place."""
-        p = self.predictor
-        return self.preprocessor._normalize(block, np.zeros((1, 1, 1, 1), np.int8), p.configuration_manager,
-                                            p.plans_manager.foreground_intensity_properties_per_channel)
-
-    def _sigma(self, current, new) -> np.ndarray | None:
-        from nnunet_ctorg.planning.antialiasing import ANTIALIASING_KEY, DEFAULT_SIGMA_FACTOR, antialiasing_sigma
-
-        settings = self.predictor.configuration_manager.configuration.get(ANTIALIASING_KEY)
-        if not settings:
-            return None
-        return antialiasing_sigma(current, new, float(settings.get("sigma_factor", DEFAULT_SIGMA_FACTOR)))
 
     @property
     def label_dtype(self) -> np.dtype:
@@ -316,36 +250,19 @@ class ChunkedPredictor:
         softmax output (background outside ``body_box``). nnU-Net's preprocessing properties of the case (its
         ``.pkl`` keys) are left in ``self.last_properties``.
         """
-        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-
-        if self.data_resampling is None:
+        if self.preprocessing is None:
             raise ValueError(f"{what}: this predictor was made for preprocessed input (preprocessed_input=True)")
-        p = self.predictor
-        pm, cm = p.plans_manager, p.configuration_manager
-        tf = list(pm.transpose_forward)
-        spacing_t = [float(spacing[i]) for i in tf]
-        target = list(cm.spacing) if len(cm.spacing) == 3 else [spacing_t[0], *cm.spacing]
-        stats = scan_statistics(hu, axial)
-        bbox_t = [stats.bbox[i] for i in tf]
-        crop_t = [b - a for a, b in bbox_t]
-        net = [int(n) for n in compute_new_shape(crop_t, spacing_t, target)]
-        grid = NetworkGrid(tf, list(pm.transpose_backward), tf.index(axial), bbox_t, crop_t, net, spacing_t, target)
-        k = grid.k
+        grid, stats = self.preprocessing.network_grid(hu, spacing, axial)
+        tf = grid.tf
         self.last_properties = {"shape_before_cropping": tuple(int(hu.shape[i]) for i in tf),
-                                "bbox_used_for_cropping": [[int(a), int(b)] for a, b in bbox_t],
-                                "shape_after_cropping_and_before_resampling": tuple(int(n) for n in crop_t)}
-        data_rs = SlabResampler(crop_t, net, spacing_t, target, k, self.data_resampling, self._sigma(spacing_t, target))
-        clip = self._clip_ranges(hu, stats, bbox_t, tf, axial, data_rs)
-        self.last_clip_range = clip
+                                "bbox_used_for_cropping": [[int(a), int(b)] for a, b in grid.bbox_t],
+                                "shape_after_cropping_and_before_resampling": tuple(int(n) for n in grid.crop_t)}
+        slices = NetworkSlices(self.preprocessing, hu, axial, grid, stats, self.prep_block_voxels)
+        self.last_clip_range = slices.clip
         if volume_bytes is None:
             volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
-
-        def fill(view, n_lo: int, n_hi: int) -> None:
-            self._resample_network_slices(hu, grid, axial, data_rs, clip, view, n_lo, n_hi)
-
-        margin = 0 if data_rs.identity else data_rs.margin + 4
         case = CaseOutputs(out, probabilities, body_box, volume_bytes, what, progress)
-        self._predict_chunks(grid, fill, margin, case)
+        self._predict_chunks(grid, slices.fill, slices.margin, case)
 
     def predict_preprocessed(self, data, properties: dict, out, *, progress: bool = False, what: str = "case",
                              volume_bytes: int = 0, probabilities=None) -> None:
@@ -454,82 +371,6 @@ class ChunkedPredictor:
                 del data
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
-
-    def _clip_ranges(self, hu, stats: ScanStatistics, bbox_t, tf, axial: int, data_rs: SlabResampler):
-        """The input ranges scikit-image's resize clips to: the scan's, or per slice across the separate axis.
-
-        Without anti-aliasing they follow from the raw extremes (nnU-Net's CT normalisation is monotone);
-        with it they are the extremes of the smoothed scan, computed slab by slab.
-        """
-        s, k = data_rs.separate_axis, data_rs.axis
-        if s == k or data_rs.identity:
-            return None  # every slice the clip looks at lies inside its slab
-        if data_rs.sigma is not None:
-            return self._smoothed_ranges(hu, bbox_t, tf, axial, data_rs)
-        if s is None:
-            values = np.array([stats.low[0].min(), stats.high[0].max()], np.float32)
-            lo, hi = self._normalize(values[None])[0]
-            return float(lo), float(hi)
-        a, sl = tf[s], slice(*bbox_t[s])
-        low = self._normalize(stats.low[a][sl].astype(np.float32)[None])[0]
-        high = self._normalize(stats.high[a][sl].astype(np.float32)[None])[0]
-        return low.astype(np.float64), high.astype(np.float64)
-
-    def _smoothed_ranges(self, hu, bbox_t, tf, axial: int, data_rs: SlabResampler, slab: int = 32):
-        """Extremes of the normalised, anti-aliased scan (globally, or per slice across the separate axis)."""
-        k, s = data_rs.axis, data_rs.separate_axis
-        n = bbox_t[k][1] - bbox_t[k][0]
-        radius = int(4.0 * float(data_rs.sigma[k]) + 0.5)
-        low = high = None
-        for start in range(0, n, slab):
-            a, b = max(start - radius, 0), min(start + slab + radius, n)
-            block = self._normalized_block(hu, tf, axial, bbox_t, k, a, b)
-            smooth = data_rs._smooth(block[0])
-            index = [slice(None)] * 3
-            index[k] = slice(start - a, min(start + slab, n) - a)
-            inner = smooth[tuple(index)]
-            if s is None:
-                lo, hi = np.array([inner.min()]), np.array([inner.max()])
-            else:
-                other = tuple(d for d in range(3) if d != s)
-                lo, hi = inner.min(axis=other), inner.max(axis=other)
-            low = lo if low is None else np.minimum(low, lo)
-            high = hi if high is None else np.maximum(high, hi)
-        return (float(low[0]), float(high[0])) if s is None else (low, high)
-
-    def _normalized_block(self, hu, tf, axial: int, bbox_t, k: int, a: int, b: int) -> np.ndarray:
-        """Cropped slices [a, b) along transposed axis ``k``, transposed and normalised: float32 (1, ...)."""
-        index = [slice(*bbox_t[tf.index(j)]) for j in range(3)]
-        index[axial] = slice(bbox_t[k][0] + a, bbox_t[k][0] + b)
-        block = np.asarray(hu[tuple(index)], dtype=np.float32)  # a new array: normalised in place
-        return self._normalize(block.transpose(tf)[None])
-
-    def _resample_network_slices(self, hu, grid: "NetworkGrid", axial: int, data_rs: SlabResampler, clip, view,
-                                 n_lo: int, n_hi: int) -> None:
-        """nnU-Net's preprocessing of network slices [n_lo, n_hi) of the CT array ``hu`` into ``view``, in blocks
-        of network slices, so that the original slab and its float64 copies stay small."""
-        import torch
-
-        k = grid.k
-        per_block = self._prep_block_slices(data_rs, grid.bbox_t, k)
-        for b_lo in range(n_lo, n_hi, per_block):
-            b_hi = min(b_lo + per_block, n_hi)
-            a, b = data_rs.source_range(b_lo, b_hi)
-            block = self._normalized_block(hu, grid.tf, axial, grid.bbox_t, k, a, b)
-            values = data_rs.resample(block[0], a, b_lo, b_hi, clip=clip, out_dtype=np.float32)
-            del block
-            dst = [slice(None)] * 3
-            dst[k] = slice(b_lo - n_lo, b_hi - n_lo)
-            view[(0, *dst)] = torch.from_numpy(np.ascontiguousarray(values))
-
-    def _prep_block_slices(self, data_rs: SlabResampler, bbox_t, k: int) -> int:
-        """Network slices per preprocessing block: the original slices they read (margins included) hold
-        about :attr:`prep_block_voxels` voxels, at least 8 network slices (all of them if the scan is short)."""
-        plane = plane_voxels(bbox_t, k)
-        n_in, n_out = data_rs.in_shape[k], data_rs.out_shape[k]
-        reach = 0 if data_rs.identity else data_rs.margin + data_rs._order(k) // 2 + 3
-        slices_in = self.prep_block_voxels / plane - 2 * reach
-        return max(int(slices_in * n_out / n_in), 8)
 
     def _rows_per_chunk(self, plan: CasePlan, margin: int, case: "CaseOutputs") -> int:
         """Tile rows per chunk: from ``chunk_mm``, then as many as the GPU and RAM budgets (if any) allow."""
@@ -657,8 +498,9 @@ class ChunkedPredictor:
         p = self.predictor
         pm, cm = p.plans_manager, p.configuration_manager
         # a configuration planned with anti-aliasing (nnunet_ctorg_plan_and_preprocess) is preprocessed with it
-        data, _, props = self.preprocessor.run_case_npy(hu[None].astype(np.float32), None, {"spacing": list(spacing)},
-                                                        pm, with_antialiasing(cm), p.dataset_json)
+        preprocessor = cm.preprocessor_class(verbose=False)
+        data, _, props = preprocessor.run_case_npy(hu[None].astype(np.float32), None, {"spacing": list(spacing)}, pm,
+                                                   with_antialiasing(cm), p.dataset_json)
         logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
         del data
         before_resampling = props["shape_after_cropping_and_before_resampling"]

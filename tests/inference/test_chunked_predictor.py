@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_ctorg.inference.case_plan import NetworkGrid, body_box_network_ranges
+from nnunet_ctorg.inference.chunk_preprocessing import NetworkSlices
 from nnunet_ctorg.inference.chunk_steps import SliceExport
 from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
 from tests.inference.standin import LABELS, nnunet_labels, standin_plans, standin_predictor
@@ -62,7 +63,7 @@ def test_preprocessing_and_export_in_small_blocks_give_nnunets_labels(real_ct_6m
     chunked.prep_block_voxels = 64 * ny * nx  # a few network slices beyond the spline margins
     chunked.export_block_bytes = 1  # one original slice per export block
     calls = {"prep": 0, "export": 0}
-    read, export = ChunkedPredictor._normalized_block, SliceExport._export_block
+    read, export = NetworkSlices._normalized_block, SliceExport._export_block
 
     def counted_read(self, *args):
         calls["prep"] += 1
@@ -72,7 +73,7 @@ def test_preprocessing_and_export_in_small_blocks_give_nnunets_labels(real_ct_6m
         calls["export"] += 1
         return export(self, *args)
 
-    monkeypatch.setattr(ChunkedPredictor, "_normalized_block", counted_read)
+    monkeypatch.setattr(NetworkSlices, "_normalized_block", counted_read)
     monkeypatch.setattr(SliceExport, "_export_block", counted_export)
     labels = chunked.predict_image(real_ct_6mm)
     assert len(chunked.last_chunks) == 1 and calls["prep"] >= 3 and calls["export"] >= 50
@@ -204,7 +205,7 @@ def test_clip_range_is_that_of_nnunets_resampling_input(real_ct_6mm, case):
     assert np.array_equal(labels, nnunet_labels(predictor, image))
     # what scikit-image's resize sees in nnU-Net: the cropped, normalised (and smoothed) image
     cropped = crop_to_nonzero(sitk.GetArrayFromImage(image).astype(np.float32)[None])[0]
-    normalised = chunked._normalize(cropped)
+    normalised = chunked.preprocessing.normalize(cropped)
     spacing, target = real_ct_6mm.GetSpacing()[::-1], predictor.configuration_manager.spacing
     if "anti-aliased" in case:
         normalised = smooth_for_downsampling(normalised, spacing, target, 1 / 3)
@@ -578,18 +579,18 @@ def test_next_chunk_preprocessed_in_a_thread_gives_the_same_labels(real_ct_6mm, 
     reference = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), overlap=False).predict_image(real_ct_6mm)
     overlapped = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), overlap=True)
     threads = set()
-    read = ChunkedPredictor._normalized_block
+    read = NetworkSlices._normalized_block
 
     def recording_read(self, *args):
         threads.add(threading.current_thread().name)
         return read(self, *args)
 
-    monkeypatch.setattr(ChunkedPredictor, "_normalized_block", recording_read)
+    monkeypatch.setattr(NetworkSlices, "_normalized_block", recording_read)
     labels = overlapped.predict_image(real_ct_6mm)
     assert len(overlapped.last_chunks) >= 4 and np.array_equal(labels, reference)
     assert any(name.startswith("chunk-preprocessing") for name in threads)
     # a failure in the thread reaches the caller
-    monkeypatch.setattr(ChunkedPredictor, "_normalized_block", lambda self, *a: 1 / 0)
+    monkeypatch.setattr(NetworkSlices, "_normalized_block", lambda self, *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         overlapped.predict_image(real_ct_6mm)
     assert not [t for t in threading.enumerate() if t.name.startswith("chunk-preprocessing")]
