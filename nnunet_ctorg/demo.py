@@ -4,15 +4,21 @@ Steps: generate phantom CT-ORG cases -> convert to an nnU-Net raw dataset ->
 ``nnUNetv2_plan_and_preprocess`` -> ``nnUNetv2_train ... -tr CTOrgIOUTrainer_demo`` ->
 ``nnUNetv2_predict`` on the held-out phantoms -> per-organ Dice table. Everything, including
 nnU-Net's three folders, stays inside the working folder. Finished steps are skipped when the
-command is run again on the same folder.
+command is run again on the same folder. While nnU-Net trains, one line per epoch shows its pseudo Dice
+per organ and the time left; nnU-Net's whole output goes to the log.
 """
 
 import argparse
+import codecs
 import os
+import re
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEMO_DATASET_ID = 601
@@ -50,15 +56,170 @@ def console_script(name: str) -> str:
     return str(local) if local.is_file() else name
 
 
-def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
+def _run(cmd: list[str], env: dict[str, str], log: Path, progress: "TrainingProgress | None" = None) -> None:
+    """Run ``cmd`` with its output appended to ``log``; with ``progress``, print one line per finished epoch."""
     print("  $ " + " ".join(cmd), flush=True)
     cmd = [console_script(cmd[0]), *cmd[1:]]
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); see {log}")
+        if progress is None:
+            returncode = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        else:
+            returncode = _run_showing_progress(cmd, env, f, progress)
+    if returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed (exit {returncode}); see {log}")
+
+
+def _run_showing_progress(cmd: list[str], env: dict[str, str], log_file, progress: "TrainingProgress") -> int:
+    """Run ``cmd``, copy its output to ``log_file`` as it comes and print ``progress``'s epoch lines."""
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # nnU-Net's prints reach the pipe when made, not 8 kB later
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def show(text: str) -> None:
+        nonlocal showing
+        if showing:
+            try:
+                lines = [epoch.line() for epoch in progress.feed(text)]
+            except Exception as e:  # never let the display cost the log or the training
+                showing, lines = False, [f"  (no more progress lines: {e!r}; the log has everything)"]
+            for line in lines:
+                print(line, flush=True)
+
+    def pump() -> None:
+        for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+            text = decoder.decode(chunk)
+            try:
+                log_file.write(text)
+                log_file.flush()
+            except ValueError:  # the log was closed: the command ended, a worker still holds the pipe (below)
+                return
+            show(text)
+        show(decoder.decode(b"", final=True) + "\n")
+
+    showing = True
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        returncode = proc.wait()
+    except BaseException:  # Ctrl-C: do not leave the training running
+        proc.kill()
+        proc.wait()
+        raise
+    reader.join(timeout=10)  # a data-loader worker that outlives nnU-Net could keep the pipe open
+    if not reader.is_alive():
+        proc.stdout.close()
+    return returncode
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """One finished epoch of an ``nnUNetv2_train`` run, as its output reports it."""
+
+    epoch: int  # 1-based (nnU-Net prints "Epoch 0" for the first)
+    total: int | None  # epochs of the run, when known
+    dice: dict[str, float]  # nnU-Net's pseudo Dice per organ (validation patches of this epoch)
+    seconds: float  # this epoch's time
+    seconds_left: float | None  # estimate for the remaining epochs (no final validation), when total is known
+
+    def line(self) -> str:
+        of = f" of {self.total}" if self.total else ""
+        width = len(str(self.total)) if self.total else 1
+        organs = "  ".join(f"{name} {'  -  ' if value != value else f'{value:.2f}'}"
+                           for name, value in self.dice.items())
+        left = ""
+        if self.seconds_left is not None:
+            left = f", ~{_duration(self.seconds_left)} left" if self.seconds_left > 0 else ", final validation next"
+        return f"  epoch {self.epoch:>{width}}{of}  {organs}  ({self.seconds:.0f} s/epoch{left})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+_EPOCH = re.compile(r"(?:^|\s)Epoch (\d+)\s*$")
+_PSEUDO_DICE = re.compile(r"Pseudo dice \[(.*)\]")
+_EPOCH_TIME = re.compile(r"Epoch time: ([0-9.eE+-]+) s")
+_NUMPY_SCALAR = re.compile(r"np\.\w+\(([^()]*)\)")  # NumPy 2 prints np.float32(0.25)
+
+
+@dataclass
+class TrainingProgress:
+    """Reads ``nnUNetv2_train``'s output piece by piece and reports each finished epoch.
+
+    nnU-Net's ``on_epoch_start``/``on_epoch_end`` print, each line after a timestamp, ``Epoch N``, ...,
+    ``Pseudo dice [d1, d2, ...]`` (one value per foreground label, in label order) and ``Epoch time: T s``;
+    the last one closes the epoch. Pieces may split lines anywhere; other lines are ignored.
+    """
+
+    organs: list[str]  # foreground label names in nnU-Net's order (:func:`organ_names`)
+    total_epochs: int | None = None
+    recent_epochs: int = 5  # the estimate uses the median time of the last ones
+    _pending: str = field(default="", init=False, repr=False)  # an unfinished line
+    _epoch: int | None = field(default=None, init=False, repr=False)  # the running epoch, 0-based as nnU-Net's
+    _dice: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _times: list[float] = field(default_factory=list, init=False, repr=False)
+
+    def feed(self, text: str) -> list[EpochProgress]:
+        """The epochs finished in ``text`` (a piece of the output; an unfinished line waits for the rest)."""
+        lines = re.split(r"\r\n|\r|\n", self._pending + text)
+        self._pending = lines.pop()
+        finished = []
+        for line in lines:
+            if (found := _EPOCH.search(line)) is not None:
+                self._epoch, self._dice = int(found.group(1)), {}
+            elif (found := _PSEUDO_DICE.search(line)) is not None:
+                self._dice = self._organ_values(found.group(1))
+            elif (found := _EPOCH_TIME.search(line)) is not None and self._epoch is not None:
+                seconds = float(found.group(1))
+                self._times.append(seconds)
+                done = self._epoch + 1
+                left = None
+                if self.total_epochs:
+                    left = max(self.total_epochs - done, 0) * statistics.median(self._times[-self.recent_epochs:])
+                finished.append(EpochProgress(done, self.total_epochs, self._dice, seconds, left))
+                self._epoch, self._dice = None, {}
+        return finished
+
+    def _organ_values(self, listed: str) -> dict[str, float]:
+        values = []
+        for item in _NUMPY_SCALAR.sub(r"\1", listed).split(","):
+            try:
+                values.append(float(item))
+            except ValueError:
+                return {}  # not a list of numbers: show no Dice rather than wrong ones
+        names = self.organs if len(self.organs) == len(values) else [f"class {i + 1}" for i in range(len(values))]
+        return dict(zip(names, values))
+
+
+def organ_names(dataset_json: dict) -> list[str]:
+    """The names of the foreground labels (or regions) of ``dataset_json``, in the order of nnU-Net's pseudo Dice."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    labels = dataset_json["labels"]
+    manager = LabelManager(labels, dataset_json.get("regions_class_order"))
+    if manager.has_regions:
+        by_region = {tuple(v) if isinstance(v, (list, tuple)) else v: k for k, v in reversed(labels.items())}
+        return [by_region[r] for r in manager.foreground_regions]
+    by_value = {int(v[0] if isinstance(v, (list, tuple)) else v): k for k, v in reversed(labels.items())
+                if k != "ignore"}
+    return [by_value[int(v)] for v in manager.foreground_labels]
+
+
+def trainer_epochs(trainer: str) -> int | None:
+    """The epochs trainer ``trainer`` runs, when its class says so before it is built (the demo budgets)."""
+    from nnunet_ctorg.training.variants import demo_budgets, reliability_candidates
+
+    for module in (demo_budgets, reliability_candidates):
+        budget_epochs = getattr(getattr(module, trainer, None), "budget_epochs", None)
+        if budget_epochs is not None:
+            return budget_epochs()
+    return None
 
 
 def add_cpu_demo_configuration(plans_file: Path, name: str = DEMO_CONFIGURATION,
@@ -170,6 +331,8 @@ def train_predict_evaluate(raw: Path, trainer: str, device: str, env: dict[str, 
                            predictions: Path, summary_file: Path) -> Path:
     """Steps 3-5: ``nnUNetv2_train`` fold 0 (skipped if finished), ``nnUNetv2_predict`` on imagesTs and
     nnU-Net's evaluation into ``summary_file``. Returns the model folder."""
+    import json
+
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
@@ -178,8 +341,11 @@ def train_predict_evaluate(raw: Path, trainer: str, device: str, env: dict[str, 
     print(f"[3/5] training {trainer} on the {device.upper()} (log: {log})", flush=True)
     model_dir = Path(env["nnUNet_results"]) / raw.name / f"{trainer}__{DEMO_PLANS}__{DEMO_CONFIGURATION}"
     if not (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
+        progress = TrainingProgress(organ_names(json.loads((raw / "dataset.json").read_text())),
+                                    trainer_epochs(trainer))
+        print("  pseudo Dice per organ: nnU-Net's, on this epoch's validation patches", flush=True)
         _run(["nnUNetv2_train", str(DEMO_DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", trainer,
-              "-p", DEMO_PLANS, "-device", device], env, log)
+              "-p", DEMO_PLANS, "-device", device], env, log, progress)
 
     print("[4/5] predicting the held-out phantoms", flush=True)
     _run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(predictions), "-d", str(DEMO_DATASET_ID),

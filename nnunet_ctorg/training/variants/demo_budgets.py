@@ -24,10 +24,15 @@ class DemoBudget(SeededTraining):
 
     budget_factor: ClassVar[int] = 1
 
+    @classmethod
+    def budget_epochs(cls) -> int:
+        """The epochs this trainer runs (``num_epochs``), known before it is built (the demo's progress)."""
+        return 45 * cls.budget_factor
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 45 * self.budget_factor
+        self.num_epochs = self.budget_epochs()
         self.num_iterations_per_epoch = 16
         self.num_val_iterations_per_epoch = 2
 

@@ -31,3 +31,10 @@ def test_demo_trainer_trains_on_plain_crops_before_augmentation_starts(planned_d
         trainer.train_step(batch)
     assert used == ["plain", "plain", "augmented"]
     assert 0 < trainer.augmentation_start_epoch < trainer.num_epochs
+
+
+def test_the_budget_says_its_epochs_before_the_trainer_is_built(planned_dataset):
+    for cls, epochs in ((demo.CTOrgIOUTrainer_demo, 45), (demo.nnUNetTrainer_CTOrgDemo3x, 135)):
+        trainer = make_trainer(cls, *planned_dataset)
+        assert cls.budget_epochs() == trainer.num_epochs == epochs, cls.__name__
+        assert (trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (16, 2)
