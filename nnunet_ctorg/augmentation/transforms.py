@@ -77,11 +77,13 @@ class BatchedRandomTransform(BasicTransform):
         return torch.rand(size, generator=self.generator, dtype=torch.float64) < p
 
     def _bg_contrast(self, value_range: Sequence[float], size: Sequence[int]) -> torch.Tensor:
-        """batchgeneratorsv2's ``BGContrast`` draw: half below 1, half above 1 (when the range spans 1)."""
+        """batchgeneratorsv2's ``BGContrast`` draw: half below 1, half above 1 (when the range spans 1); a range
+        on one side of 1 is drawn uniformly (``BGContrast`` would draw U[low, 1] or U(1, high) there, out of it)."""
         low, high = value_range
         below = self._uniform(low, min(high, 1.0), size)
         above = self._uniform(max(low, 1.0), high, size)
-        pick_below = (torch.rand(tuple(size), generator=self.generator, dtype=torch.float64) < 0.5) & (low < 1.0)
+        pick_below = ((torch.rand(tuple(size), generator=self.generator, dtype=torch.float64) < 0.5) & (low < 1.0)
+                      | (high < 1.0))
         return torch.where(pick_below, below, above)
 
     def _device_generator(self, device: torch.device) -> torch.Generator | None:
@@ -240,8 +242,9 @@ class BatchedAffineWarp(BatchedRandomTransform):
             reached = points[warped].reshape(-1, 3)
             # one voxel beyond the reach, so that float32 rounding of the grid never leaves the box
             box_low = [int(v) for v in (reached.amin(0).floor() - 1).clamp(min=0).tolist()]
-            box_high = [min(int(v) + 1, i - 1) for v, i in zip(reached.amax(0).ceil().tolist(), input_shape)]
-            box_low = [min(low, high) for low, high in zip(box_low, box_high)]
+            box_high = [min(max(int(v) + 1, 1), i - 1) for v, i in zip(reached.amax(0).ceil().tolist(), input_shape)]
+            # at least two voxels per axis: grid_sample maps a one-voxel axis onto that voxel (nothing is outside)
+            box_low = [min(low, high - 1) for low, high in zip(box_low, box_high)]
         box_shape = [high - low + 1 for low, high in zip(box_low, box_high)]
         # grid_sample coordinates: box [-1, 1] <-> its voxels 0..S-1 (align_corners), axes reversed (x = last)
         d_in = torch.diag(torch.tensor([max(s - 1, 1) / 2 for s in box_shape], dtype=torch.float64))

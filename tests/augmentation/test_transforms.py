@@ -730,3 +730,142 @@ def test_examples_not_drawn_keep_their_values_exactly(make):
     chosen = params["chosen"]
     assert 0 < int(chosen.sum()) < 16
     assert torch.equal(out[~chosen], x[~chosen]) and not torch.equal(out[chosen], x[chosen])
+
+
+def _box_of(displacements, crop=(20, 20, 20), patch=(10, 10, 10), matrix=None):
+    """The box a warp of translations ``displacements`` (one per example; None: identity) reads, and the warp."""
+    warp = _warp(patch, seed=0)
+    n = len(displacements)
+    d = torch.tensor([v or (0.0, 0.0, 0.0) for v in displacements], dtype=torch.float64)
+    m = torch.eye(3, dtype=torch.float64) if matrix is None else matrix
+    warp.draw_affine = lambda k: (m.repeat(k, 1, 1), d)
+    return warp.get_parameters(image=torch.empty((n, 1, *crop), device="meta"))["box"], warp
+
+
+def test_the_box_the_warp_reads_is_the_reach_plus_one_voxel_clamped_to_the_crop():
+    """Patch 10³ centred in a 20³ crop (offset 5): the corners reach 5 + d and 14 + d per axis; the box is
+    [floor(min) - 1, ceil(max) + 1] clamped to [0, 19], over the interpolated examples only."""
+    assert _box_of([(0.5, -0.25, 2.3)])[0] == ((4, 3, 6), (13, 13, 13))
+    assert _box_of([(-6.5, 5.5, 0.0)])[0] == ((0, 9, 4), (10, 11, 12))  # clamped at 0 and at 19
+    # wholly beyond the crop on axis 0: still two voxels (a one-voxel axis would be sampled everywhere)
+    assert _box_of([(30.0, 0.0, 0.5)])[0] == ((18, 4, 4), (2, 12, 13))
+    assert _box_of([(-30.0, 0.0, 0.5)])[0] == ((0, 4, 4), (2, 12, 13))
+    assert _box_of([None, None])[0] == ((0, 0, 0), (20, 20, 20))  # nothing interpolated: the crop
+    assert _box_of([None, (0.5, 0.0, 0.0)])[0] == ((4, 4, 4), (13, 12, 12))  # the warped example alone
+    scaled = torch.diag(torch.tensor([1.1, 1.0, 0.9], dtype=torch.float64))
+    # corners 4.5 ± 4.5 s around the centre, + 5: [4.55, 14.45], [5, 14], [5.45, 13.55]
+    assert _box_of([None], matrix=scaled)[0] == ((3, 4, 4), (14, 12, 12))
+
+
+@pytest.mark.parametrize("displacement", [(0.5, -0.25, 2.3), (-6.5, 5.5, 0.0), (30.0, 0.0, 0.5), (-30.0, 0.0, 0.5)])
+def test_a_warp_from_its_box_samples_the_right_voxels(displacement):
+    """On an image of its own coordinates the output is x + 5 + d where that lies in the crop, air elsewhere
+    (also when the whole patch lies beyond the crop on one axis)."""
+    (low, shape), warp = _box_of([displacement])
+    image = _coordinates((20, 20, 20), 1)
+    result = warp(image=image.clone(), segmentation=torch.full((1, 1, 20, 20, 20), 2, dtype=torch.int16))
+    out, labels = result["image"][0], result["segmentation"][0, 0]
+    expected = _coordinates((10, 10, 10), 1)[0] + 5 + torch.tensor(displacement).reshape(3, 1, 1, 1)
+    inside = ((expected >= 0) & (expected <= 19)).all(0)
+    torch.testing.assert_close(out[:, inside], expected[:, inside], atol=1e-4, rtol=0)
+    outside = ((expected < -1) | (expected > 20)).any(0)
+    assert torch.all(out[:, outside] == AIR) and torch.all(labels[outside] == 0) and torch.all(labels[inside] == 2)
+
+
+def _nnunet_bg_contrast(value_range, n: int, seed: int = 0) -> torch.Tensor:
+    from batchgeneratorsv2.transforms.intensity.contrast import BGContrast
+
+    np.random.seed(seed)
+    draw = BGContrast(value_range)
+    return torch.tensor([draw() for _ in range(n)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("value_range", [(0.75, 1.25), (0.7, 1.5), (0.5, 1.0), (1.0, 1.5), (1.2, 1.5)])
+def test_the_contrast_split_draws_as_nnunets_bg_contrast(value_range):
+    """Below 1 with p 0.5 when the range reaches below 1 (U[low, 1]), else above (U[max(low, 1), high]):
+    the distribution of our draws equals BGContrast's (brightness, contrast and gamma share the draw)."""
+    n = 20000
+    ours = BatchedContrast(p_contrast=1.0, contrast=value_range, seed=0).get_parameters(
+        image=torch.empty((n, 1, 1, 1, 1), device="meta"))["factor"][:, 0]
+    theirs = _nnunet_bg_contrast(value_range, n)
+    for draws in (ours, theirs):
+        assert value_range[0] <= float(draws.min()) and float(draws.max()) <= value_range[1]
+    assert float((ours < 1).double().mean()) == pytest.approx(float((theirs < 1).double().mean()), abs=0.02)
+    assert float((ours == 1).double().mean()) == pytest.approx(float((theirs == 1).double().mean()), abs=0.02)
+    quantiles = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    spread = value_range[1] - value_range[0]
+    assert float((ours.quantile(quantiles) - theirs.quantile(quantiles)).abs().max()) < 0.03 * spread
+
+
+def test_a_range_on_one_side_of_one_is_drawn_inside_it_unlike_bg_contrast():
+    """A departure: BGContrast draws U[low, 1] or U(1, high) even when the range lies below 1 (numpy's
+    uniform(1, high) with high < 1), so half its draws leave the range; ours stay in it, uniformly."""
+    n = 20000
+    for make, key in ((lambda r: BatchedContrast(1.0, r, seed=0), "factor"),
+                      (lambda r: BatchedBrightness(1.0, r, seed=0), "multiplier"),
+                      (lambda r: BatchedGamma(1.0, r, seed=0), "gamma")):
+        ours = make((0.5, 0.8)).get_parameters(image=torch.empty((n, 1, 1, 1, 1), device="meta"))[key][:, 0]
+        assert 0.5 <= float(ours.min()) < 0.51 and 0.79 < float(ours.max()) <= 0.8
+        assert float(ours.mean()) == pytest.approx(0.65, abs=0.01)
+    theirs = _nnunet_bg_contrast((0.5, 0.8), n)
+    assert float((theirs > 0.8).double().mean()) > 0.4
+
+
+def test_blur_kernels_are_batchgeneratorsv2s_at_its_truncation():
+    """Kernel sizes and weights of batchgeneratorsv2's blur, its truncation read from ``blur_dimension``."""
+    import inspect
+
+    from batchgeneratorsv2.transforms.noise.gaussian_blur import _build_kernel, _compute_kernel_size, blur_dimension
+
+    from nnunet_ctorg.augmentation.transforms import blur_kernel_size
+
+    truncate = inspect.signature(blur_dimension).parameters["truncate"].default
+    sigmas = [0.1, 0.25, 0.4, 0.5, 0.55, 0.6, 0.75, 0.8, 0.9, 1.0, 1.25, 2.0, 2.4]
+    for s in sigmas:
+        assert blur_kernel_size(s) == _compute_kernel_size(s, truncate=truncate), s
+    kernels = gaussian_kernels(torch.tensor(sigmas, dtype=torch.float64), 8)
+    for s, kernel in zip(sigmas, kernels):
+        theirs = _build_kernel(s, truncate=truncate)
+        half = len(theirs) // 2
+        torch.testing.assert_close(kernel[8 - half:8 + half + 1], theirs.float(), atol=1e-7, rtol=0)
+        assert torch.equal(kernel[:8 - half], torch.zeros(8 - half)) and float(kernel.sum()) == pytest.approx(1.0)
+    assert BatchedGaussianBlur().radius == blur_kernel_size(1.0) // 2 == 3  # the largest kernel of (0.5, 1)
+    assert BatchedGaussianBlur(blur_sigma=(0.0, 0.0)).radius == 0
+    with pytest.raises(ValueError, match="radius"):
+        gaussian_kernels(torch.tensor([2.0], dtype=torch.float64), 3)
+
+
+def test_every_constructor_default_is_nnunets_or_the_parameters():
+    """Each transform built with its required arguments only has nnU-Net's values (read from its transforms for a
+    3-D plan), or where nnU-Net has none the ``AugmentationParameters`` default; departures are named."""
+    from tests.augmentation.nnunet_reference import ISOTROPIC_PATCH, nnunet_plan, nnunet_values
+
+    ref, p = nnunet_values(nnunet_plan(ISOTROPIC_PATCH)), AugmentationParameters()
+    warp = BatchedAffineWarp((8, 8, 8), [0.0])
+    assert (warp.p_rotation, warp.p_scaling, warp.scaling) == (ref["p_rotation"], ref["p_scaling"], ref["scaling"])
+    assert warp.rotation == pytest.approx(ref["rotation"]) and warp.in_plane_only == ref["in_plane_only"]
+    assert warp.p_mirror == pytest.approx(ref["p_mirror"], abs=0.02) and warp.spacing is None
+    assert (warp.p_shear, warp.shear, warp.affine_noise, warp.p_reflection, warp.displacement) == (
+        p.p_shear, p.shear, p.affine_noise, p.p_reflection, p.displacement_vox)
+    # departures: no mirroring unless axes are given; the paper's nearest labels (the pipeline passes "linear")
+    assert warp.mirror_axes == () and warp.label_interpolation == "nearest" != ref["label_interpolation"]
+    occlusion = BatchedSlabOcclusion(0, [0.0])
+    assert (occlusion.p_occlusion, occlusion.max_fraction, occlusion.background) == (
+        p.p_occlusion, p.occlusion_max_fraction, 0)
+    noise = BatchedGaussianNoise()
+    assert (noise.p_noise, noise.sigma_max) == (ref["p_noise"], ref["noise_sigma_max"])
+    window = BatchedHUWindow([None])
+    assert (window.p_window, window.lower_hu, window.upper_hu) == (p.p_window, p.window_lower_hu, p.window_upper_hu)
+    blur = BatchedGaussianBlur()
+    assert (blur.p_blur, blur.blur_sigma, blur.p_per_channel) == (ref["p_blur"], ref["blur_sigma"],
+                                                                   ref["blur.p_per_channel"])
+    brightness, contrast = BatchedBrightness(), BatchedContrast()
+    assert (brightness.p_brightness, brightness.brightness) == (ref["p_brightness"], ref["brightness"])
+    assert (contrast.p_contrast, contrast.contrast) == (ref["p_contrast"], ref["contrast"])
+    low_res = BatchedLowResolution()
+    assert (low_res.p_low_resolution, low_res.scale, low_res.p_per_channel, low_res.ignore_axes) == (
+        ref["p_low_resolution"], ref["low_resolution_scale"], ref["low_resolution.p_per_channel"],
+        ref["low_resolution.ignore_axes"])
+    gamma = BatchedGamma()
+    assert (gamma.p_gamma, gamma.gamma, gamma.invert) == (ref["p_gamma"], ref["gamma"], False)
+    assert BatchedGamma(invert=True).p_gamma == ref["p_gamma"]  # the inverted one's 0.1 is passed by the pipeline
