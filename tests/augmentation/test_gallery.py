@@ -17,3 +17,41 @@ def test_gallery_refuses_a_label_image_of_another_size(real_ct_dir, tmp_path):
     with pytest.raises(SystemExit, match="size"):
         gallery.main(["--ct", str(real_ct_dir / "example_ct.nii.gz"), "--seg", str(real_ct_dir / "example_seg.nii.gz"),
                       "-o", str(tmp_path / "x.png")])
+
+
+def test_gallery_augments_eight_copies_of_the_ct_with_its_statistics(real_ct_dir, tmp_path, monkeypatch):
+    """What the picture shows: rotation and scaling forced on, every other operation at 0.5, the CT's own
+    statistics over the labelled voxels (mean, std, 0.5th percentile), eight examples, seed 0 by default."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    import nnunet_ctorg.augmentation as augmentation
+
+    calls = []
+    build = augmentation.build_device_augmentation
+
+    def recording(parameters, patch_size, statistics, **kwargs):
+        calls.append((parameters, tuple(patch_size), statistics, kwargs))
+        pipeline = build(parameters, patch_size, statistics, **kwargs)
+
+        def call(image, labels):
+            calls.append((tuple(image.shape), tuple(labels.shape)))
+            return pipeline(image, labels)
+
+        return call
+
+    monkeypatch.setattr(augmentation, "build_device_augmentation", recording)
+    ct_path, seg_path = real_ct_dir / "example_ct_sm.nii.gz", real_ct_dir / "example_seg.nii.gz"
+    gallery.main(["--ct", str(ct_path), "--seg", str(seg_path), "-o", str(tmp_path / "aug.png")])
+    (parameters, patch, statistics, kwargs), (image_shape, labels_shape) = calls
+    ct = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(ct_path)), "LPS")).astype(np.float32)
+    seg = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(seg_path)), "LPS"))
+    body = ct[seg > 0]
+    assert patch == ct.shape and image_shape == labels_shape == (8, 1, *ct.shape) and kwargs == {"seed": 0}
+    assert statistics == [pytest.approx((body.mean(), body.std(), np.percentile(body, 0.5)), rel=1e-5)]
+    probabilities = {name: value for name, value in vars(parameters).items() if name.startswith("p_")}
+    assert probabilities == {**{name: 0.5 for name in probabilities}, "p_rotation": 1.0, "p_scaling": 1.0}
+    args = gallery.parse_args(["--ct", "a", "--seg", "b", "-o", "c"])
+    assert (args.seed, args.slice) == (0, None)
+    with pytest.raises(SystemExit):
+        gallery.parse_args(["--seg", "b", "-o", "c"])

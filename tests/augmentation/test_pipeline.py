@@ -228,3 +228,22 @@ def test_parameters_stay_on_the_cpu_untouched_for_a_cpu_batch():
     moved = move_parameters(params, torch.device("cpu"))
     assert moved[0]["a"] is params[0]["a"] and moved[0]["host"] is params[0] and moved[0]["b"] == 3
     assert np.shares_memory(moved[0]["a"].numpy(), params[0]["a"].numpy())
+
+
+def test_the_builders_defaults_are_nnunets_3d_plan():
+    """Called without a plan's values, the pipeline and the crop use nnU-Net's 3-D full-resolution settings."""
+    plan = nnunet_plan(ISOTROPIC_PATCH)
+    ref = nnunet_values(plan)
+    pipeline = build_device_augmentation(AugmentationParameters(), ISOTROPIC_PATCH, CT_STATS)
+    assert pipeline.warp.rotation == pytest.approx(ref["rotation"]) and not pipeline.warp.in_plane_only
+    assert pipeline.warp.mirror_axes == ref["mirror_axes"] and pipeline.transforms[1].axis == 0
+    assert pipeline.transforms[-1].deep_supervision_scales is None and pipeline.transforms[-1].regions is None
+    assert augmentation_crop_size(AugmentationParameters(), ISOTROPIC_PATCH) == augmentation_crop_size(
+        AugmentationParameters(), ISOTROPIC_PATCH, ref["rotation"])
+
+
+def test_packing_no_tensors_gives_an_empty_buffer():
+    from nnunet_ctorg.augmentation.pipeline import pack_parameters, unpack_parameters
+
+    assert pack_parameters([{}, {"a": 1}]).numel() == 0
+    assert unpack_parameters([{"a": 1}], torch.zeros(0)) == [{"a": 1, "host": {"a": 1}}]

@@ -37,3 +37,15 @@ def test_on_cuda_the_next_batch_is_copied_ahead_and_arrives_intact():
     for i, batch in enumerate(batches, start=1):
         assert batch["data"].is_cuda and batch["target"][0].is_cuda and batch["keys"] == [f"case{i}"]
         assert torch.equal(batch["data"].cpu(), torch.full((2, 1, 4, 4, 4), float(i)))
+
+
+def test_a_copy_before_init_does_not_recurse_into_the_missing_loader():
+    """``copy`` builds the object without ``__init__`` and asks for ``__setstate__``: no recursion via ``loader``."""
+    import copy
+
+    loader = _Loader()
+    prefetcher = DevicePrefetcher(loader, torch.device("cpu"))
+    clone = copy.copy(prefetcher)
+    assert clone.loader is loader and clone.stream is None
+    with pytest.raises(AttributeError):
+        getattr(DevicePrefetcher.__new__(DevicePrefetcher), "anything")  # noqa: B009

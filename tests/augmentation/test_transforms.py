@@ -869,3 +869,98 @@ def test_every_constructor_default_is_nnunets_or_the_parameters():
     gamma = BatchedGamma()
     assert (gamma.p_gamma, gamma.gamma, gamma.invert) == (ref["p_gamma"], ref["gamma"], False)
     assert BatchedGamma(invert=True).p_gamma == ref["p_gamma"]  # the inverted one's 0.1 is passed by the pipeline
+
+
+def test_rotation_matrices_follow_the_documented_axes_and_order():
+    """Angle k rotates the plane of the other two axes (the lower one towards the higher one: R[a, b] = -sin);
+    the product is R0 @ R1 @ R2."""
+    a = 0.3
+    c, s = math.cos(a), math.sin(a)
+    r0, r1, r2 = rotation_matrices(torch.tensor([[a, 0, 0], [0, a, 0], [0, 0, a]], dtype=torch.float64))
+    expected = [torch.tensor(m, dtype=torch.float64) for m in ([[1, 0, 0], [0, c, -s], [0, s, c]],
+                                                               [[c, 0, -s], [0, 1, 0], [s, 0, c]],
+                                                               [[c, -s, 0], [s, c, 0], [0, 0, 1]])]
+    for got, want in zip((r0, r1, r2), expected):
+        torch.testing.assert_close(got, want)
+    angles = torch.tensor([[0.3, -0.5, 0.9]], dtype=torch.float64)
+    single = [rotation_matrices(torch.diag(angles[0])[k:k + 1]) for k in range(3)]
+    torch.testing.assert_close(rotation_matrices(angles), single[0] @ single[1] @ single[2])
+
+
+def test_required_crop_size_pins_each_term_of_the_bound():
+    """Regression pins, one term at a time (rotation, in-plane, shear, noise, displacement, spacing)."""
+    def crop(patch, rotation_deg, in_plane, scaling=(1.0, 1.0), shear=0.0, **kwargs):
+        return required_crop_size(patch, math.radians(rotation_deg), in_plane, scaling, shear, **kwargs)
+
+    assert crop((24,) * 3, 30, False) == (42, 44, 42)
+    assert crop((24,) * 3, 30, True) == (24, 36, 36)
+    assert crop((8, 24, 24), 180, True, (1.0, 1.2), 0.1) == (8, 46, 46)
+    assert crop((24,) * 3, 0, False, shear=0.1) == (32, 32, 32)
+    assert crop((24,) * 3, 0, False, affine_noise=0.02) == (28, 28, 28)
+    assert crop((24,) * 3, 0, False, displacement=2.5) == (32, 32, 32)
+    assert crop((12, 24, 24), 15, False, shear=0.1) == (32, 40, 40)
+    assert crop((12, 24, 24), 15, False, shear=0.1, spacing=(3.0, 1.0, 1.0)) == (20, 50, 48)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], p_rotation=-0.1), "p_rotation"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], p_mirror=1.1), "p_mirror"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], scaling=(0.0, 1.0)), "scaling"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], scaling=(1.2, 1.1)), "scaling"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], scaling=(1.0, 1.1, 1.2)), "scaling"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], rotation=-0.1), "rotation"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], displacement=-1.0), "displacement"),
+    (lambda: BatchedAffineWarp((8, 8, 1), [0.0]), "patch_size"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], mirror_axes=(3,)), "mirror_axes"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], spacing=(1.0, 1.0)), "spacing"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], spacing=(1.0, 0.0, 1.0)), "spacing"),
+    (lambda: BatchedAffineWarp((8, 8, 8), [0.0], label_interpolation="cubic"), "label_interpolation"),
+    (lambda: BatchedSlabOcclusion(0, [0.0], p_occlusion=1.5), "p_occlusion"),
+    (lambda: BatchedSlabOcclusion(0, [0.0], max_fraction=1.01), "max_fraction"),
+    (lambda: BatchedSlabOcclusion(-1, [0.0]), "axis"),
+    (lambda: BatchedGaussianNoise(p_noise=-0.5), "p_noise"),
+    (lambda: BatchedGaussianNoise(sigma_max=-0.1), "sigma_max"),
+    (lambda: BatchedHUWindow([None], p_window=2.0), "p_window"),
+    (lambda: BatchedHUWindow([None], lower_hu=(-100.0, -200.0)), "lower_hu"),
+    (lambda: BatchedHUWindow([None], upper_hu=(300.0, 200.0)), "upper_hu"),
+    (lambda: BatchedHUWindow([None], lower_hu=(-100.0, 250.0)), "overlap"),
+    (lambda: BatchedHUWindow([(40.0, 0.0)]), "std"),
+    (lambda: BatchedGaussianBlur(p_blur=1.5), "p_blur"),
+    (lambda: BatchedGaussianBlur(p_per_channel=1.5), "p_per_channel"),
+    (lambda: BatchedGaussianBlur(blur_sigma=(-0.5, 1.0)), "blur_sigma"),
+    (lambda: BatchedBrightness(p_brightness=1.5), "p_brightness"),
+    (lambda: BatchedBrightness(brightness=(-0.5, 1.0)), "brightness"),
+    (lambda: BatchedContrast(p_contrast=1.5), "p_contrast"),
+    (lambda: BatchedContrast(contrast=(-0.5, 1.0)), "contrast"),
+    (lambda: BatchedLowResolution(p_low_resolution=1.5), "p_low_resolution"),
+    (lambda: BatchedLowResolution(p_per_channel=-0.5), "p_per_channel"),
+    (lambda: BatchedLowResolution(scale=(0.0, 1.0)), "scale"),
+    (lambda: BatchedGamma(p_gamma=1.5), "p_gamma"),
+    (lambda: BatchedGamma(gamma=(0.0, 1.5)), "gamma"),
+])
+def test_each_transform_refuses_arguments_past_their_bounds(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_each_transform_accepts_arguments_on_their_bounds():
+    BatchedAffineWarp((2, 2, 2), [0.0], p_rotation=0.0, rotation=0.0, p_scaling=1.0, scaling=(1e-6, 1e-6),
+                      shear=0.0, affine_noise=0.0, displacement=0.0, mirror_axes=(0, 1, 2), p_mirror=1.0,
+                      spacing=(1.0, 1.0, 1.0), label_interpolation="linear")
+    BatchedSlabOcclusion(2, [0.0], p_occlusion=0.0, max_fraction=1.0)
+    BatchedSlabOcclusion(0, [0.0], p_occlusion=1.0, max_fraction=0.0)
+    BatchedGaussianNoise(p_noise=1.0, sigma_max=0.0)
+    BatchedHUWindow([(0.0, 1e-3), None], p_window=0.0, lower_hu=(-100.0, -100.0), upper_hu=(-99.0, -99.0))
+    BatchedGaussianBlur(p_blur=0.0, blur_sigma=(0.0, 0.0), p_per_channel=0.0)
+    BatchedBrightness(p_brightness=1.0, brightness=(0.0, 0.0))
+    BatchedContrast(p_contrast=0.0, contrast=(0.0, 2.0))
+    BatchedLowResolution(p_low_resolution=0.0, scale=(1e-6, 1e-6), p_per_channel=1.0)
+    BatchedGamma(p_gamma=1.0, gamma=(1e-6, 1e-6))
+
+
+def test_low_resolution_keeps_at_least_one_voxel_per_axis():
+    """A scale that rounds a side to 0 voxels keeps 1: the example becomes constant, nothing fails."""
+    x = torch.randn((1, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0))
+    t = BatchedLowResolution(p_low_resolution=1.0, scale=(0.01, 0.01), p_per_channel=1.0, seed=0)
+    out = t.apply({"image": x.clone()}, **t.get_parameters(image=x))["image"]
+    assert torch.allclose(out, out.flatten()[0].expand_as(out)) and not torch.allclose(x, x.flatten()[0].expand_as(x))
