@@ -92,7 +92,7 @@ def write_dicom_series(nifti: Path, folder: Path) -> None:
 
 def load(args):
     if args.model:
-        from nnunet_ctorg.inference.chunked_predictor import load_predictor
+        from nnunet_ctorg.inference.folder_prediction import load_predictor
 
         return load_predictor(args.model, [0], device=args.device, use_mirroring=False)
     sys.path.insert(0, str(ROOT))
@@ -107,7 +107,9 @@ def worker(args) -> None:
     import SimpleITK as sitk
 
     from nnunet_ctorg.inference.body_crop import BodyCropSettings
-    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, peak_rss_gb, read_ct_compact
+    from nnunet_ctorg.inference.chunk_budgets import peak_rss_gb
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+    from nnunet_ctorg.inference.folder_prediction import read_ct_compact
 
     predictor = load(args)
     chunked = None
@@ -115,7 +117,7 @@ def worker(args) -> None:
         body = BodyCropSettings() if args.worker == "chunked_crop" else None
         chunk_mm = "auto" if args.chunk_mm == "auto" else (float(args.chunk_mm) or None)
         chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm, args.max_ram_gb), body)
-    from nnunet_ctorg.inference.chunked_predictor import read_ct_lazily
+    from nnunet_ctorg.inference.folder_prediction import read_ct_lazily
 
     streamed = args.worker in ("chunked", "chunked_crop", "chunked_dicom", "chunked_probabilities")
     if args.worker.startswith("chunked_dicom"):

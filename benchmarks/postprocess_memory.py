@@ -23,7 +23,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from nnunet_ctorg.inference.chunked_predictor import POSTPROCESS_BYTES_PER_VOXEL, current_rss_gb, peak_rss_gb
+    from nnunet_ctorg.inference.chunk_budgets import POSTPROCESS_BYTES_PER_VOXEL, current_rss_gb, peak_rss_gb
     from nnunet_ctorg.phantoms import generate_phantom
     from postprocessing.organ_cleanup import clean_segmentation
 

@@ -109,7 +109,7 @@ def worker(args) -> None:
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_ctorg.inference.chunked_predictor import peak_rss_gb
+    from nnunet_ctorg.inference.chunk_budgets import peak_rss_gb
     from nnunet_ctorg.training.bounded_variants import nnUNetTrainer_BoundedVal
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -100,7 +100,8 @@ class LoadedTeacher:
             default_priority = {organ: dice}
             self.predictor = None
         else:
-            from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, load_predictor
+            from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+            from nnunet_ctorg.inference.folder_prediction import load_predictor
 
             folder = Path(teacher.source)
             own = read_json(folder / "dataset.json", f"teacher {teacher.name} dataset.json")["labels"]

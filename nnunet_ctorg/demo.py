@@ -391,7 +391,7 @@ def run_demo(work_dir: Path, n_train: int, n_test: int, device: str, num_process
     for name in dead_organs(rows):
         print(f"warning: {name} was not learned (mean Dice < {DEAD_ORGAN_DICE} on the held-out phantoms that have "
               f"it): the demo's 720 iterations are too few for it. Do not use this model for {name}; train longer "
-              "(README, 'Reliability of the trainers').")
+              "(docs/training.md, 'Reliability of the trainers').")
     print(f"\nDone in {time.time() - t0:.0f} s. Outputs in {work_dir}:")
     for what, where in (("predictions", predictions), ("model", model_dir), ("metrics", summary_file), ("log", log)):
         print(f"  {what + ':':<13}{where}")

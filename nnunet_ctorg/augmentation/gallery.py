@@ -2,7 +2,7 @@
 
     python -m nnunet_ctorg.augmentation.gallery --ct CT.nii.gz --seg SEG.nii.gz -o augmentation_examples.png
 
-The README's picture is made from the real CT in ``tests/data/real_ct``. Every example is warped
+The picture of docs/augmentation.md is made from the real CT in ``tests/data/real_ct``. Every example is warped
 (rotation and scaling forced on) and the other operations are drawn with probability 0.5, so the
 eight panels show more variation than one training batch with the trainer's probabilities would.
 """

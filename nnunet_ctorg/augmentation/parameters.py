@@ -4,7 +4,7 @@ Paper 003 (Rister et al., §IV) draws every parameter uniformly from user ranges
 numbers; where it is silent the defaults are nnU-Net's (``nnUNetTrainer.get_training_transforms``
 of nnU-Net 2.8.1 with batchgeneratorsv2 0.3.6), so that ``CTOrgIOUTrainer`` and ``nnUNetTrainer`` see
 the same geometric and intensity variation, plus the paper's occlusion and HU window. A probability
-is the chance that one example of a batch receives the operation. The README's parameter table lists
+is the chance that one example of a batch receives the operation. The parameter table of docs/augmentation.md lists
 every value next to nnU-Net's and the paper's.
 """
 
@@ -31,7 +31,7 @@ class AugmentationParameters:
       translates; raise it to displace beyond that);
     - ``label_interpolation`` "linear": every label's indicator interpolated and the largest wins
       (nnU-Net's ``SpatialTransform``); "nearest" is the paper's (cheaper, jagged under zoom: see the
-      README's boundary comparison);
+      docs/augmentation.md, "Label interpolation");
     - ``physical_rotation`` False: rotation and shear act on voxel indices as in nnU-Net; True makes
       them act in millimetres (A_vox = S⁻¹ A S, S the plan's spacing), which keeps anatomy undistorted
       on anisotropic plans.

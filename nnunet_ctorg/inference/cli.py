@@ -71,7 +71,8 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from nnunet_ctorg.inference.body_crop import BodyCropSettings
-    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, load_predictor, predict_folder
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+    from nnunet_ctorg.inference.folder_prediction import load_predictor, predict_folder
 
     try:
         if args.m is None and args.d is None:
@@ -95,8 +96,9 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                 raise ValueError("-device cuda: no CUDA device is available here; use -device cpu")
         predictor = load_predictor(model, folds, args.chk, args.device, not args.disable_tta, args.step_size)
         summary = predict_folder(ChunkedPredictor(predictor, chunks, body), args.i, args.o, args.continue_prediction,
-                                 args.num_parts, args.part_id, args.postprocess, args.preview, not args.quiet,
-                                 args.output_type, args.save_probabilities)
+                                 args.num_parts, args.part_id, postprocess=args.postprocess, previews=args.preview,
+                                 progress=not args.quiet, output_type=args.output_type,
+                                 save_probabilities=args.save_probabilities)
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_predict_chunked: error: {e}")
     print(f"{len(summary['predicted'])} predicted, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed; "

@@ -119,7 +119,7 @@ class CTOrgIOUTrainer(SeededTraining):
     - ``ce_weight``: weight of an added cross-entropy term (0 = IOU only);
     - ``ce_warmup_epochs``: > 0 adds cross-entropy with weight 1 decaying linearly to ``ce_weight``.
 
-    ``benchmarks/trainer_reliability.py`` chose the defaults (README, "Reliability").
+    ``benchmarks/trainer_reliability.py`` chose the defaults (docs/training.md, "Reliability of the trainers").
 
     Augmentation runs on the training device (paper 003 §IV): the data-loader workers only load
     and crop the enlarged patch, ``train_step`` warps, crops and augments the whole batch where it

@@ -75,7 +75,7 @@ def budget_from_environment(variable: str) -> float | None:
 def validation_ram_budget_gb() -> float:
     """The validation's RAM budget: ``nnUNet_ctorg_val_max_ram_gb`` or, unset or empty, this process's resident
     memory plus :data:`DEFAULT_AVAILABLE_SHARE` of the memory available now."""
-    from nnunet_ctorg.inference.chunked_predictor import current_rss_gb
+    from nnunet_ctorg.inference.chunk_budgets import current_rss_gb
 
     budget = budget_from_environment(VALIDATION_RAM_VARIABLE)
     return current_rss_gb() + DEFAULT_AVAILABLE_SHARE * available_memory_gb() if budget is None else budget
@@ -167,7 +167,7 @@ class BoundedValidation(nnUNetTrainer):
         from nnunetv2.configuration import default_num_processes
         from torch import distributed as dist
 
-        from nnunet_ctorg.inference.chunked_predictor import peak_rss_gb
+        from nnunet_ctorg.inference.chunk_budgets import peak_rss_gb
 
         folder = join(self.output_folder, "validation")
         maybe_mkdir_p(folder)

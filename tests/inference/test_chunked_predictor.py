@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from nnunet_ctorg.inference.case_plan import NetworkGrid, body_box_network_ranges
 from nnunet_ctorg.inference.chunk_preprocessing import NetworkSlices
 from nnunet_ctorg.inference.chunk_steps import SliceExport
-from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
+from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+from nnunet_ctorg.inference.folder_prediction import predict_folder
 from tests.inference.standin import LABELS, nnunet_labels, standin_plans, standin_predictor
 
 
@@ -406,7 +407,7 @@ def test_folder_sharding_resume_and_failures(ct_folder, tmp_path):
 def test_file_ending_duplicates_and_float_cts(ct_folder, tmp_path):
     import shutil
 
-    from nnunet_ctorg.inference.chunked_predictor import case_inputs
+    from nnunet_ctorg.inference.folder_prediction import case_inputs
 
     chunked = _small_chunked()
     chunked.predictor.dataset_json["file_ending"] = ".mha"
@@ -443,7 +444,7 @@ def test_postprocess_and_preview_options(ct_folder, tmp_path):
 
 
 def test_postprocess_and_preview_are_refused_before_predicting_when_over_the_budget(ct_folder, tmp_path):
-    from nnunet_ctorg.inference.chunked_predictor import POSTPROCESS_BYTES_PER_VOXEL
+    from nnunet_ctorg.inference.chunk_budgets import POSTPROCESS_BYTES_PER_VOXEL
 
     chunked = _small_chunked()
     shape, voxels = (640, 525, 525), 640 * 525 * 525
@@ -497,7 +498,7 @@ def tiny_model(module_nnunet_env):
 def test_one_chunk_and_many_are_exactly_nnunets_prediction(tiny_model):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_ctorg.inference.chunked_predictor import load_predictor
+    from nnunet_ctorg.inference.folder_prediction import load_predictor
     from nnunet_ctorg.phantoms import generate_phantom
 
     ph = generate_phantom(seed=40, fov="abdomen", spacing=(5.0, 5.0, 6.0))

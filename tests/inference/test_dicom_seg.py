@@ -22,7 +22,8 @@ def _seg_labels_on_grid(seg, reference) -> tuple[np.ndarray, np.ndarray]:
 def test_dicom_seg_reads_back_with_the_segments_and_geometry_of_the_labels(real_ct_small, tmp_path):
     import highdicom as hd
 
-    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+    from nnunet_ctorg.inference.folder_prediction import predict_folder
     from tests.inference.standin import standin_plans, standin_predictor
 
     write_series(real_ct_small, tmp_path / "dicom" / "abdomen", "1.2.3.1")
@@ -53,7 +54,8 @@ def test_dicom_seg_reads_back_with_the_segments_and_geometry_of_the_labels(real_
 
 
 def test_dicom_seg_needs_dicom_input_and_is_resumed_only_when_written(real_ct_small, tmp_path):
-    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+    from nnunet_ctorg.inference.folder_prediction import predict_folder
     from tests.inference.standin import standin_plans, standin_predictor
 
     chunked = ChunkedPredictor(standin_predictor(standin_plans(spacing=(3.0, 6.0, 6.0), patch=(8, 16, 16))),

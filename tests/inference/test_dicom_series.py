@@ -122,7 +122,8 @@ def test_same_folder_names_of_two_patients_become_two_cases(real_ct_small, tmp_p
 
 
 def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, tmp_path, monkeypatch):
-    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+    from nnunet_ctorg.inference.folder_prediction import predict_folder
     from tests.inference.standin import standin_plans, standin_predictor
 
     write_series(real_ct_small, tmp_path / "dicom" / "abdomen", "1.2.3.1")

@@ -27,7 +27,7 @@ def _scaled_nifti(path, values: np.ndarray, slope: float, inter: float, affine=N
 
 @pytest.mark.parametrize("name", ["example_ct.nii.gz", "example_ct_sm.nii.gz"])
 def test_volume_equals_simpleitk_and_reads_any_slab(real_ct_dir, tmp_path, name):
-    from nnunet_ctorg.inference.chunked_predictor import read_ct_compact
+    from nnunet_ctorg.inference.folder_prediction import read_ct_compact
 
     expected = read_ct_compact(real_ct_dir / name, name)  # int32 file, cast to int16
     with NiftiVolume(real_ct_dir / name, name, tmp_path) as volume:
@@ -134,12 +134,8 @@ def test_label_writer_clears_outside_the_keep_box_and_abort_leaves_nothing(tmp_p
 
 def test_folder_prediction_streams_the_labels_of_the_in_memory_run(real_ct_dir, tmp_path):
     from nnunet_ctorg.inference.body_crop import BodyCropSettings
-    from nnunet_ctorg.inference.chunked_predictor import (
-        ChunkedPredictor,
-        ChunkSettings,
-        predict_folder,
-        read_ct_compact,
-    )
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+    from nnunet_ctorg.inference.folder_prediction import predict_folder, read_ct_compact
     from tests.inference.standin import standin_plans, standin_predictor
 
     (tmp_path / "in").mkdir()

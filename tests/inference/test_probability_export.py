@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings, predict_folder
+from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+from nnunet_ctorg.inference.folder_prediction import predict_folder
 from nnunet_ctorg.inference.probability_export import ProbabilityWriter
 from tests.inference.standin import standin_plans, standin_predictor
 

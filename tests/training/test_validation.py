@@ -259,7 +259,7 @@ def test_bad_budget_is_refused_with_its_value(monkeypatch, value):
 
 
 def test_default_budget_is_this_process_plus_most_of_the_available_memory(monkeypatch):
-    from nnunet_ctorg.inference.chunked_predictor import current_rss_gb
+    from nnunet_ctorg.inference.chunk_budgets import current_rss_gb
     from nnunet_ctorg.training import validation
 
     monkeypatch.delenv(VALIDATION_RAM_VARIABLE, raising=False)

@@ -39,8 +39,8 @@ class SoftIoULoss(nn.Module):
             batch with ``batch_dice``, else per example). Their term, ``-log(s / (sum p + s))`` or
             ``sum p / (sum p + s)``, only pushes the class down everywhere; with ``log`` that push outlasts the
             pull of the batches that hold the class once its probabilities are small, and a rare class dies
-            (README, "Reliability"). False positives of a class still cost in every batch holding it
-            (they enlarge its union) and in the background's term.
+            (docs/training.md, "Reliability of the trainers"). False positives of a class still cost in every
+            batch holding it (they enlarge its union) and in the background's term.
     """
 
     def __init__(

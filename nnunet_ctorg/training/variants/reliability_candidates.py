@@ -1,4 +1,5 @@
-"""The losses ``benchmarks/trainer_reliability.py`` compared, each at the demo's budget (README, "Reliability").
+"""The losses ``benchmarks/trainer_reliability.py`` compared, each at the demo's budget (docs/training.md,
+"Reliability of the trainers").
 
 The chosen one, ``CTOrgIOUTrainer_batchLogIOU_skipAbsent_demo``, is the configuration of ``CTOrgIOUTrainer``.
 """
