@@ -91,3 +91,11 @@ def test_values_past_the_bounds_are_refused_naming_the_field(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name.split("_hu")[0].replace("window_lower", "window")):
         AugmentationParameters(**bad)
+
+
+def test_parameters_are_immutable_and_hashable():
+    """Trainers share one default instance: a field set on it would change every later trainer's augmentation."""
+    params = AugmentationParameters()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.p_rotation = 0.0
+    assert hash(params) == hash(AugmentationParameters())

@@ -964,3 +964,47 @@ def test_low_resolution_keeps_at_least_one_voxel_per_axis():
     t = BatchedLowResolution(p_low_resolution=1.0, scale=(0.01, 0.01), p_per_channel=1.0, seed=0)
     out = t.apply({"image": x.clone()}, **t.get_parameters(image=x))["image"]
     assert torch.allclose(out, out.flatten()[0].expand_as(out)) and not torch.allclose(x, x.flatten()[0].expand_as(x))
+
+
+def test_nearest_labels_are_the_voxel_the_rotated_point_rounds_to():
+    """Labels that encode their voxel (z·400 + y·20 + x) under a rotation and scaling: each output label is the
+    input voxel nearest to the point the (trilinear, hence exact) coordinate image says was sampled."""
+    (_, _), warp = _box_of([(0.3, -0.2, 0.1)], matrix=rotation_matrices(
+        torch.tensor([[0.3, -0.2, 0.25]], dtype=torch.float64))[0] * 1.08)
+    image = _coordinates((20, 20, 20), 1)
+    voxel = (image[:, 0] * 400 + image[:, 1] * 20 + image[:, 2]).to(torch.int16)[:, None]
+    result = warp(image=image.clone(), segmentation=voxel.clone())
+    sampled, labels = result["image"][0].double(), result["segmentation"][0, 0].long()
+    decoded = torch.stack([labels // 400, labels // 20 % 20, labels % 20])
+    clear = ((sampled - sampled.round()).abs() < 0.45).all(0) & ((sampled >= 0) & (sampled <= 19)).all(0)
+    assert clear.sum() > 500  # most of the patch: rotated points off the voxel centres
+    assert torch.equal(decoded[:, clear], sampled.round().long()[:, clear])
+
+
+def test_the_label_vote_is_the_largest_summed_weight_lowest_label_on_ties():
+    rng = torch.Generator().manual_seed(0)
+    labels = [torch.randint(0, 4, (500,), generator=rng, dtype=torch.int16) for _ in range(8)]
+    weights = [torch.rand(500, generator=rng, dtype=torch.float64) for _ in range(8)]
+    weights[3][:50] = weights[5][:50] = 0.0  # some ties
+    totals = torch.zeros((4, 500), dtype=torch.float64)
+    for label, weight in zip(labels, weights):
+        totals.scatter_add_(0, label.long()[None], weight[None])
+    present = torch.zeros((4, 500), dtype=torch.bool)
+    for label in labels:
+        present.scatter_(0, label.long()[None], True)
+    expected = torch.where(present, totals, -1.0).argmax(0)  # argmax: the first (lowest) label of the largest
+    assert torch.equal(BatchedAffineWarp._vote(labels, weights, torch.int16).long(), expected)
+
+
+def test_blur_with_a_one_voxel_kernel_radius_equals_nnunets(real_ct_dir):
+    from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+
+    x = _real_ct_patch(real_ct_dir)
+    t = BatchedGaussianBlur(p_blur=1.0, blur_sigma=(0.35, 0.45), p_per_channel=1.0, seed=0)
+    assert t.radius == 1  # kernels of 3 voxels
+    t._uniform = lambda low, high, size: torch.full(tuple(size), 0.4, dtype=torch.float64)
+    ours = t.apply({"image": x.clone()}, **t.get_parameters(image=x))["image"]
+    theirs = _batch_of(GaussianBlurTransform(lambda shape, dim: 0.4, synchronize_channels=False,
+                                             synchronize_axes=False, p_per_channel=1), x)
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+    assert float((theirs - x).abs().max()) > 0.01
