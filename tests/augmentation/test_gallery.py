@@ -55,3 +55,41 @@ def test_gallery_augments_eight_copies_of_the_ct_with_its_statistics(real_ct_dir
     assert (args.seed, args.slice) == (0, None)
     with pytest.raises(SystemExit):
         gallery.parse_args(["--seg", "b", "-o", "c"])
+
+
+def test_gallery_shows_hu_back_from_the_z_scores_it_augments(real_ct_dir, tmp_path, monkeypatch):
+    """The pipeline gets (max(CT, lower) - mean) / std; the panels show its output back in HU (an identity
+    pipeline here, so every augmented panel is the clipped slice) with the slice's labels."""
+    import matplotlib.axes
+    import numpy as np
+    import SimpleITK as sitk
+
+    import nnunet_ctorg.augmentation as augmentation
+
+    inputs, shown = [], []
+
+    def identity(parameters, patch_size, statistics, **kwargs):
+        def call(image, labels):
+            inputs.append((image.clone(), statistics[0]))
+            return image, labels
+        return call
+
+    def record(ax, data, **kwargs):
+        shown.append(np.array(data))
+
+    monkeypatch.setattr(augmentation, "build_device_augmentation", identity)
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", record)
+    ct_path, seg_path = real_ct_dir / "example_ct_sm.nii.gz", real_ct_dir / "example_seg.nii.gz"
+    gallery.main(["--ct", str(ct_path), "--seg", str(seg_path), "-o", str(tmp_path / "aug.png"), "--slice", "20"])
+    ct = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(ct_path)), "LPS")).astype(np.float32)
+    seg = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(seg_path)), "LPS"))
+    ((image, (mean, std, lower)),) = inputs
+    clipped = np.maximum(ct, lower)
+    np.testing.assert_allclose(image[:, 0].numpy(), np.broadcast_to((clipped - mean) / std, image[:, 0].shape),
+                               rtol=1e-5, atol=1e-5)
+    grey, overlays = shown[0::2], shown[1::2]
+    assert len(grey) == 9 and len(overlays) == 9 and lower > -1000
+    for panel in grey:
+        np.testing.assert_allclose(panel, clipped[20], atol=1e-2)
+    for overlay in overlays:
+        np.testing.assert_array_equal(overlay[..., 3] > 0, seg[20] > 0)

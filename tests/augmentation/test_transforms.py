@@ -1008,3 +1008,57 @@ def test_blur_with_a_one_voxel_kernel_radius_equals_nnunets(real_ct_dir):
                                              synchronize_axes=False, p_per_channel=1), x)
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
     assert float((theirs - x).abs().max()) > 0.01
+
+
+def test_shear_is_drawn_on_both_sides_of_zero_off_the_diagonal():
+    warp = _warp((8, 8, 8), p_shear=1.0, shear=0.2, seed=0)
+    matrix, _ = warp.draw_affine(4000)
+    off = matrix[:, ~torch.eye(3, dtype=torch.bool)]
+    assert torch.equal(torch.diagonal(matrix, dim1=1, dim2=2), torch.ones(4000, 3, dtype=torch.float64))
+    assert off.abs().max() <= 0.2 and off.min() < -0.19 and off.max() > 0.19 and abs(float(off.mean())) < 0.01
+
+
+def test_linear_labels_count_neighbours_outside_the_volume_as_their_own_label():
+    """At output (0, 3, x) the warp reads input (-0.3, 3.6, x): 0.3 of the weight lies outside the volume,
+    0.28 on background (y 3) and 0.42 on organ 3 (y 4). The organ wins; were the outside counted as
+    background (0.58), it would lose."""
+    labels = torch.zeros((1, 1, 8, 8, 8), dtype=torch.int16)
+    labels[:, :, :, 4:] = 3
+    warp = _warp((8, 8, 8), label_interpolation="linear", seed=0)
+    warp.draw_affine = lambda n: (torch.eye(3, dtype=torch.float64).repeat(n, 1, 1),
+                                  torch.tensor([[-0.3, 0.6, 0.0]] * n, dtype=torch.float64))
+    out = warp(image=torch.zeros((1, 1, 8, 8, 8)), segmentation=labels.clone())["segmentation"][0, 0]
+    assert (out[0, 3] == 3).all() and (out[0, 2] == 0).all() and (out[1, 3] == 3).all()
+
+
+def test_occlusion_along_the_second_axis_hides_whole_slices_start_and_end_included():
+    occlusion = BatchedSlabOcclusion(axis=1, image_fill=[AIR], p_occlusion=1.0, max_fraction=0.5, seed=0)
+    image, labels = torch.ones((2, 1, 4, 20, 6)), torch.full((2, 1, 4, 20, 6), 2, dtype=torch.int16)
+    draw = occlusion._uniform
+    occlusion._uniform = lambda low, high, size: torch.full((size,), 2.0 if low == 0.0 else 3.0, dtype=torch.float64)
+    params = occlusion.get_parameters(image=image)  # z = 3, δ = 2: slices 3, 4 and 5
+    occlusion._uniform = draw
+    out = occlusion.apply({"image": image.clone(), "segmentation": labels.clone()}, **params)
+    hidden = torch.zeros(20, dtype=torch.bool)
+    hidden[3:6] = True
+    assert torch.all(out["image"][:, :, :, hidden] == AIR) and torch.all(out["image"][:, :, :, ~hidden] == 1)
+    assert torch.all(out["segmentation"][:, :, :, hidden] == 0) and torch.all(out["segmentation"][:, :, :, ~hidden] == 2)
+    # the drawn slab: z ~ U[-δmax, L], δ ~ U[0, δmax] along axis 1 (L 20, δmax 10), ends included
+    drawn = occlusion.get_parameters(image=torch.zeros((20000, 1, 4, 20, 6)))
+    start, delta = drawn["start"], drawn["delta"]
+    assert -10 <= float(start.min()) < -9.9 and 19.9 < float(start.max()) <= 20
+    assert float(delta.min()) < 0.01 and 9.99 < float(delta.max()) <= 10
+    assert 0.04 < float((delta < 0.5).double().mean()) < 0.06
+
+
+def test_blur_runs_when_every_example_blurs_only_some_channels():
+    x = torch.randn((1, 2, 10, 10, 10), generator=torch.Generator().manual_seed(0))
+    for seed in range(100):  # a draw with channel 0 blurred and channel 1 not
+        t = BatchedGaussianBlur(p_blur=1.0, p_per_channel=0.5, seed=seed)
+        params = t.get_parameters(image=x)
+        if (params["sigma"][0, 0] > 0).all() and (params["sigma"][0, 1] == 0).all():
+            break
+    else:
+        raise AssertionError("no seed below 100 draws one channel of two")
+    out = t.apply({"image": x.clone()}, **params)["image"]
+    assert torch.equal(out[:, 1], x[:, 1]) and float((out[:, 0] - x[:, 0]).abs().max()) > 0.1
