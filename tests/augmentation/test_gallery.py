@@ -65,6 +65,7 @@ def test_gallery_shows_hu_back_from_the_z_scores_it_augments(real_ct_dir, tmp_pa
     import SimpleITK as sitk
 
     import nnunet_ctorg.augmentation as augmentation
+    from nnunet_ctorg.evaluation.previews import label_colours
 
     inputs, shown = [], []
 
@@ -91,5 +92,7 @@ def test_gallery_shows_hu_back_from_the_z_scores_it_augments(real_ct_dir, tmp_pa
     assert len(grey) == 9 and len(overlays) == 9 and lower > -1000
     for panel in grey:
         np.testing.assert_allclose(panel, clipped[20], atol=1e-2)
+    colours = label_colours(int(seg.max()))
     for overlay in overlays:
         np.testing.assert_array_equal(overlay[..., 3] > 0, seg[20] > 0)
+        np.testing.assert_array_equal(overlay[seg[20] > 0, :3], colours[seg[20][seg[20] > 0]])

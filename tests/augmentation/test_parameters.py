@@ -99,3 +99,9 @@ def test_parameters_are_immutable_and_hashable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.p_rotation = 0.0
     assert hash(params) == hash(AugmentationParameters())
+
+
+def test_every_exported_name_exists():
+    import nnunet_ctorg.augmentation as augmentation
+
+    assert augmentation.__all__ and all(hasattr(augmentation, name) for name in augmentation.__all__)

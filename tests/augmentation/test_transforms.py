@@ -900,6 +900,8 @@ def test_required_crop_size_pins_each_term_of_the_bound():
     assert crop((24,) * 3, 0, False, displacement=2.5) == (32, 32, 32)
     assert crop((12, 24, 24), 15, False, shear=0.1) == (32, 40, 40)
     assert crop((12, 24, 24), 15, False, shear=0.1, spacing=(3.0, 1.0, 1.0)) == (20, 50, 48)
+    # dummy 2-D: axis 0 is neither rotated nor scaled, only the displacement grows it (3 -> 4 voxels a side)
+    assert crop((16, 192, 160), 15, True, (0.7, 1.4), displacement=3.0) == (24, 326, 294)
 
 
 @pytest.mark.parametrize("make, match", [
@@ -1062,3 +1064,18 @@ def test_blur_runs_when_every_example_blurs_only_some_channels():
         raise AssertionError("no seed below 100 draws one channel of two")
     out = t.apply({"image": x.clone()}, **params)["image"]
     assert torch.equal(out[:, 1], x[:, 1]) and float((out[:, 0] - x[:, 0]).abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("angles, scale", [((2.97, 0.0, 0.0), 1.25), ((0.5, -0.4, 0.6), 0.8), ((0.0, 3.1, 0.0), 1.0)])
+def test_a_rotated_and_scaled_warp_from_its_box_samples_the_right_points(angles, scale):
+    """On an image of its own coordinates the output is A (x - c) + c + 5 (c the patch centre, 5 the offset of a
+    10³ patch in a 20³ crop) wherever that lies inside the crop, for large rotations too (the box the warp
+    reads must hold every point, or its edge voxels would be sampled instead)."""
+    matrix = rotation_matrices(torch.tensor([angles], dtype=torch.float64))[0] * scale
+    (_, _), warp = _box_of([(0.0, 0.0, 0.0)], matrix=matrix)
+    result = warp(image=_coordinates((20, 20, 20), 1), segmentation=torch.zeros((1, 1, 20, 20, 20), dtype=torch.int16))
+    x = _coordinates((10, 10, 10), 1)[0].double().reshape(3, -1)
+    expected = (matrix @ (x - 4.5) + 4.5 + 5).reshape(3, 10, 10, 10)
+    inside = ((expected >= 0) & (expected <= 19)).all(0)
+    assert inside.sum() > 300
+    torch.testing.assert_close(result["image"][0].double()[:, inside], expected[:, inside], atol=1e-3, rtol=0)
