@@ -1044,7 +1044,8 @@ def test_occlusion_along_the_second_axis_hides_whole_slices_start_and_end_includ
     hidden = torch.zeros(20, dtype=torch.bool)
     hidden[3:6] = True
     assert torch.all(out["image"][:, :, :, hidden] == AIR) and torch.all(out["image"][:, :, :, ~hidden] == 1)
-    assert torch.all(out["segmentation"][:, :, :, hidden] == 0) and torch.all(out["segmentation"][:, :, :, ~hidden] == 2)
+    labels_out = out["segmentation"]
+    assert torch.all(labels_out[:, :, :, hidden] == 0) and torch.all(labels_out[:, :, :, ~hidden] == 2)
     # the drawn slab: z ~ U[-δmax, L], δ ~ U[0, δmax] along axis 1 (L 20, δmax 10), ends included
     drawn = occlusion.get_parameters(image=torch.zeros((20000, 1, 4, 20, 6)))
     start, delta = drawn["start"], drawn["delta"]
