@@ -32,6 +32,8 @@ from nnunet_ctorg.inference.slab_resampling import resampling_kind
 
 # normalisations that map each voxel on its own, monotonically (so a slab is normalised as the whole scan)
 POINTWISE_NORMALIZATIONS = ("CTNormalization", "NoNormalization")
+
+
 @dataclass
 class ChunkSettings:
     """Chunk length along the cranio-caudal axis, in mm of the network grid, rounded to whole tile rows.

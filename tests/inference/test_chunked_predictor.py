@@ -264,6 +264,14 @@ def test_ram_budget_chooses_the_rows_or_fails_with_what_is_needed(real_ct_6mm):
     tight.chunks = ChunkSettings(chunk_mm=None, max_ram_gb=budget)
     assert np.array_equal(tight.predict_image(real_ct_6mm), labels)
     assert len(tight.last_chunks) > 1 and tight.last_estimate_gb <= budget
+    # the budget is compared in bytes, GB = 1024³: just below the one-chunk estimate is more than one chunk
+    whole = roomy.last_estimate_gb
+    roomy.chunks = ChunkSettings(chunk_mm=None, max_ram_gb=whole * (1 - 1e-4))
+    roomy.predict_image(real_ct_6mm)
+    assert len(roomy.last_chunks) > 1
+    roomy.chunks = ChunkSettings(chunk_mm=None, max_ram_gb=whole * (1 + 1e-9))
+    roomy.predict_image(real_ct_6mm)
+    assert len(roomy.last_chunks) == 1 and roomy.last_estimate_gb == pytest.approx(whole, rel=1e-12)
     with pytest.raises(ValueError, match=r"--max_ram_gb .* is too small: about .* GB are needed"):
         ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=roomy.base_gb)).predict_image(real_ct_6mm)
 
