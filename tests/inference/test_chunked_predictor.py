@@ -603,3 +603,38 @@ def test_next_chunk_preprocessed_in_a_thread_gives_the_same_labels(real_ct_6mm, 
     with pytest.raises(ZeroDivisionError):
         overlapped.predict_image(real_ct_6mm)
     assert not [t for t in threading.enumerate() if t.name.startswith("chunk-preprocessing")]
+
+
+def test_a_body_box_outside_the_scans_non_zero_voxels_gives_background(real_ct_6mm):
+    """nnU-Net crops to the non-zero voxels first; a body box wholly outside them runs no tile, and every label
+    of the output, whatever it held, is background."""
+    hu = sitk.GetArrayFromImage(real_ct_6mm).copy()
+    hu[..., :20] = 0
+    spacing = real_ct_6mm.GetSpacing()[::-1]
+    chunked = ChunkedPredictor(standin_predictor(standin_plans(spacing=(2.5, 4.0, 4.0), patch=(16, 8, 8))))
+    labels = np.full(hu.shape, 7, np.uint8)
+    chunked.predict_array(hu, spacing, 0, labels, body_box=(slice(0, hu.shape[0]), slice(0, hu.shape[1]),
+                                                              slice(2, 15)))
+    assert chunked.last_chunks == [] and not labels.any()
+
+
+def test_multi_channel_models_are_refused_for_raw_scans():
+    plans = standin_plans()
+    plans["configurations"]["3d"]["normalization_schemes"] = ["CTNormalization", "CTNormalization"]
+    plans["configurations"]["3d"]["use_mask_for_norm"] = [False, False]
+    predictor = standin_predictor(plans)
+    with pytest.raises(ValueError, match="takes 2 input channels"):
+        ChunkedPredictor(predictor)
+
+
+def test_case_inputs_default_to_nifti_and_refuse_every_second_channel(tmp_path):
+    from nnunet_ctorg.inference.folder_prediction import case_inputs
+
+    for name in ("a_0000.nii.gz", "b.nii.gz", "c.mha"):
+        (tmp_path / name).write_bytes(b"")
+    assert sorted(case_inputs(tmp_path)) == ["a", "b"]
+    for channel in (1, 9):
+        (tmp_path / f"a_{channel:04d}.nii.gz").write_bytes(b"")
+        with pytest.raises(ValueError, match=f"found channel {channel:04d}"):
+            case_inputs(tmp_path)
+        (tmp_path / f"a_{channel:04d}.nii.gz").unlink()
