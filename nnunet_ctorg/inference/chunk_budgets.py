@@ -20,18 +20,25 @@ POSTPROCESS_BYTES_PER_VOXEL = 5.0
 ESTIMATE_MARGIN = 1.1
 
 
-def current_rss_gb() -> float:
+def _proc_status_gb(field: str) -> float | None:
+    """A memory field of ``/proc/self/status`` (kB) in GB; ``None`` where it is missing."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024**2
-    return 0.0
+    return None
+
+
+def current_rss_gb() -> float:
+    """This process's resident memory (VmRSS), in GB; 0 where the kernel does not report it."""
+    rss = _proc_status_gb("VmRSS")
+    return 0.0 if rss is None else rss
 
 
 def peak_rss_gb() -> float:
     """This process's high-water mark of resident memory (VmHWM), in GB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024**2
+    peak = _proc_status_gb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -103,6 +110,15 @@ class ChunkBudgets:
         free, _ = torch.cuda.mem_get_info(device)
         return 0.9 * (free + torch.cuda.memory_reserved(device) - allocated)
 
+    def _tile_activation_bytes(self) -> float:
+        """float32 activations of one tile through the network: about 6 feature maps of the first stage's width
+        and 3 of the class count, at full patch resolution (the deeper stages are smaller)."""
+        cm = self.predictor.configuration_manager
+        features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
+                    or [32])[0]
+        n_classes = self.predictor.label_manager.num_segmentation_heads
+        return 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)
+
     def estimate_gpu_bytes(self, rows: int, step: float, tile: int, padded, k: int, sums: bool = True) -> float:
         """GPU bytes of a chunk of ``rows`` tile rows beyond the model: a tile, its mirrored copy and output, the
         network's activations and the Gaussian; with ``sums`` also every fold's half-precision logit and weight
@@ -111,9 +127,7 @@ class ChunkBudgets:
         cm = p.configuration_manager
         n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters or [None])
         patch = float(np.prod(cm.patch_size))
-        features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
-                    or [32])[0]
-        fixed = 4.0 * patch * (6 * features + 3 * n_classes) + 4.0 * patch * (1 + 2 * self.n_channels + 2 * n_classes)
+        fixed = self._tile_activation_bytes() + 4.0 * patch * (1 + 2 * self.n_channels + 2 * n_classes)
         if not sums:
             return ESTIMATE_MARGIN * fixed
         plane = float(np.prod(padded)) / padded[k]
@@ -151,7 +165,6 @@ class ChunkBudgets:
         arrays times :data:`ESTIMATE_MARGIN`.
         """
         p = self.predictor
-        cm = p.configuration_manager
         n_classes, folds = p.label_manager.num_segmentation_heads, len(p.list_of_parameters or [None])
         padded, net, crop_t, k, step, tile = plan.padded, plan.grid.net, plan.grid.crop_t, plan.k, plan.step, plan.tile
         plane_net = float(np.prod(padded)) / padded[k]
@@ -166,9 +179,7 @@ class ChunkBudgets:
         orig = min(block * ratio + 2 * margin, crop_t[k]) * plane_orig  # the original slab a block reads
         partly = block * max(plane_orig, plane_net)  # the block after its first (cranio-caudal) resampling step
         prep = 4.0 * orig + max(8.0 * orig + 8.0 * partly, 24.0 * partly) + data
-        features = (cm.configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
-                    or [32])[0]
-        activations = 4.0 * float(np.prod(cm.patch_size)) * (6 * features + 3 * n_classes)
+        activations = self._tile_activation_bytes()
         per_voxel = export_bytes_per_voxel(n_classes, with_probabilities)
         exported = min(max(self.export_block_bytes / per_voxel, plane_orig), length * ratio * plane_orig)
         export = 8.0 * (exported / plane_orig / ratio + 2) * plane_net + per_voxel * exported

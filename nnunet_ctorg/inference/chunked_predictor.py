@@ -144,7 +144,7 @@ class ChunkedPredictor(ChunkBudgets):
         finally:
             p.network.train(training)
 
-    # --- geometry of one case ------------------------------------------------------------------------
+    # --- entry points: a CT image, a CT array, a case nnU-Net preprocessed -----------------------------
 
     @property
     def label_dtype(self) -> np.dtype:
@@ -251,7 +251,7 @@ class ChunkedPredictor(ChunkBudgets):
 
         self._predict_chunks(grid, fill, 0, CaseOutputs(out, probabilities, None, volume_bytes, what, progress))
 
-    def _predict_chunks(self, grid: NetworkGrid, fill, margin: int, case: "CaseOutputs") -> None:
+    def _predict_chunks(self, grid: NetworkGrid, fill, margin: int, case: CaseOutputs) -> None:
         """The sliding window of the whole network grid in chunks of tile rows, and the export of finished slices.
 
         ``fill(view, n_lo, n_hi)`` writes network slices [n_lo, n_hi) along ``grid.k`` (unpadded) into the

@@ -211,8 +211,8 @@ def _predict_case(chunked: ChunkedPredictor, source, name: str, options: FolderO
 
     image = probabilities = None
     try:
-        image = read_ct_lazily(source, name, options.out_dir) if not options.previews else read_ct_compact(source,
-                                                                                                           name)
+        # previews need the whole CT in memory; otherwise it is read slab by slab where the format allows
+        image = read_ct_compact(source, name) if options.previews else read_ct_lazily(source, name, options.out_dir)
         in_memory = getattr(image, "in_memory", True)
         ct_bytes = int(np.prod(image.GetSize())) * (sitk.GetArrayViewFromImage(image).itemsize if in_memory else 0)
         chunked.check_whole_volume_steps(image.GetSize()[::-1], ct_bytes, options.postprocess, options.previews, name)
@@ -231,7 +231,7 @@ def _predict_case(chunked: ChunkedPredictor, source, name: str, options: FolderO
     finally:
         if hasattr(image, "close"):  # a NiftiVolume's temporary file
             image.close()
-        if probabilities is not None:  # a case that failed before its probabilities were written
+        if probabilities is not None:  # drops the temporary file of a case that failed; a no-op after close()
             probabilities.abort()
 
 
