@@ -24,7 +24,7 @@ def three_sources(tmp_path, nnunet_env):
     raw = nnunet_env / "nnUNet_raw"
     generate_dataset("ctorg", str(tmp_path / "ct"), 2, "abdomen", SPACING, first_id=20, seed=1, progress=False)
     generate_dataset("abdomenct1k", str(tmp_path / "ab"), 2, "abdomen", SPACING, seed=11, progress=False)
-    generate_dataset("totalseg", str(tmp_path / "ts"), 3, "abdomen", SPACING, seed=21, progress=False)
+    generate_dataset("totalseg", str(tmp_path / "ts"), 3, "abdomen", SPACING, seed=41, progress=False)
     convert_ctorg_dataset(tmp_path / "ct", raw, 31)
     convert_abdomenct1k_dataset(tmp_path / "ab", raw, 32)
     convert_totalseg_dataset(tmp_path / "ts", raw, 33)
