@@ -5,6 +5,7 @@ Output layout (nnU-Net raw format plus one record per case)::
 
     DatasetXXX_Name/imagesTr/CASE_0000.nii.gz   labelsTr/CASE.nii.gz   (imagesTs/labelsTs alike)
     DatasetXXX_Name/annotations/CASE.json        which unified labels the source annotates
+    DatasetXXX_Name/fingerprints/CASE.npz        the image's fingerprint (duplicates.py)
     DatasetXXX_Name/annotated_labels.json        all records, written at the end
     DatasetXXX_Name/dataset.json                 nnU-Net's generate_dataset_json
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_ctorg.dataset_conversion.duplicates import write_fingerprint
 from nnunet_ctorg.io import (
     conform_geometry,
     copy_file_atomic,
@@ -163,6 +165,7 @@ def write_case(out: Path, job: CaseJob, image, labels: np.ndarray, record: dict,
     label.CopyInformation(image)
     write_image_atomic(label, label_path)
     write_text_atomic(json.dumps({"case": job.case, **record}, indent=1), record_path)
+    write_fingerprint(out, job.case, image)  # finds the same scan in other datasets (duplicates.py)
     if image_file is None:
         write_image_atomic(ct_for_nnunet(image), image_path)
     else:
