@@ -83,7 +83,12 @@ def convert_abdomenct1k_main() -> None:
 
 def merge_main() -> None:
     from nnunet_ctorg.dataset_conversion.common import raw_root
-    from nnunet_ctorg.dataset_conversion.merge import UNANNOTATED_STRATEGIES, merge_datasets
+    from nnunet_ctorg.dataset_conversion.merge import (
+        DUPLICATE_ACTIONS,
+        DUPLICATE_PRIORITY,
+        UNANNOTATED_STRATEGIES,
+        merge_datasets,
+    )
 
     parser = argparse.ArgumentParser(
         description="Merge converted nnU-Net datasets (same label scheme) into one. Cases keep their "
@@ -102,12 +107,23 @@ def merge_main() -> None:
                              "nnunet_ctorg_complete_dataset does). Default: ignore")
     parser.add_argument("-np", type=int, default=1, help="number of worker processes. Default: 1")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad case")
+    parser.add_argument("--duplicates", choices=list(DUPLICATE_ACTIONS), default="union",
+                        help="what becomes of the copies of one scan in the inputs (found by their fingerprints, "
+                             "confirmed on the voxels; nnunet_ctorg_find_duplicates lists them): 'union' keeps one "
+                             "case with the annotations of all copies mapped onto its grid, 'same_fold' keeps every "
+                             "copy, all in one fold, 'drop' keeps only the copy with the most voxels. Copies whose "
+                             "shared organ disagrees (Dice < 0.8) are never merged: kept in one fold and flagged. "
+                             "Default: union")
+    parser.add_argument("--duplicate_priority", nargs="+", default=list(DUPLICATE_PRIORITY), metavar="SOURCE",
+                        help="which source's annotation wins an organ that two copies both annotate, first wins. "
+                             f"Default: {' '.join(DUPLICATE_PRIORITY)}")
     _completion_flags(parser, required=False)
     args = parser.parse_args()
     try:
         teachers = _teachers(args) if args.teacher else None
         out = merge_datasets(args.i, raw_root(args.o), args.d, args.name, args.unannotated, args.np, args.strict,
-                             progress=True, teachers=teachers, **_completion_options(args))
+                             progress=True, teachers=teachers, duplicates=args.duplicates,
+                             duplicate_priority=tuple(args.duplicate_priority), **_completion_options(args))
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_merge_datasets: error: {e}")
     print(f"nnU-Net dataset: {out}")
@@ -177,3 +193,65 @@ def complete_main() -> None:
     except (ValueError, OSError) as e:
         sys.exit(f"nnunet_ctorg_complete_dataset: error: {e}")
     print(f"nnU-Net dataset: {out}")
+
+
+def find_duplicates_main() -> None:
+    from nnunet_ctorg.dataset_conversion.common import raw_root
+
+    parser = argparse.ArgumentParser(
+        description="List the copies of one scan among converted datasets (and within one): another file name, "
+                    "header, axis order or flips, int16 or float storage, an intensity offset, fewer slices. "
+                    "Candidates come from the fingerprints written at conversion (computed and stored for older "
+                    "datasets) and are confirmed on the voxels. Also says whether the duplicates the datasets' "
+                    "documentation names (the known-bad table's same-fold groups) were found.")
+    parser.add_argument("-i", nargs="+", required=True, metavar="DATASET",
+                        help="datasets to compare: nnU-Net dataset ids (in the raw folder) or dataset folders")
+    parser.add_argument("-o", default=None, help="nnU-Net raw folder of the ids. Default: $nnUNet_raw")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the evidence (mappings, offsets, overlaps, unconfirmed candidates) here")
+    args = parser.parse_args()
+    try:
+        found = _find_duplicates(args.i, args.o, args.json, raw_root)
+    except (ValueError, OSError) as e:
+        sys.exit(f"nnunet_ctorg_find_duplicates: error: {e}")
+    print(found)
+
+
+def _find_duplicates(inputs: list[str], raw_dir: str | None, json_file: str | None, raw_root) -> str:
+    import json
+    from pathlib import Path
+
+    from nnunet_ctorg.dataset_conversion.duplicates import (
+        converted_cases,
+        describe,
+        documented_groups,
+        duplicate_report,
+        find_duplicates,
+    )
+    from nnunet_ctorg.dataset_conversion.merge import find_dataset
+    from nnunet_ctorg.io import write_text_atomic
+
+    datasets = []
+    for item in inputs:
+        if item.isdigit():
+            datasets.append(find_dataset(raw_root(raw_dir), int(item)))
+        elif Path(item).is_dir():
+            datasets.append(Path(item))
+        else:
+            raise FileNotFoundError(f"{item!r} is neither a dataset id nor a folder")
+    cases = [c for ds in datasets for c in converted_cases(ds)]
+    if not cases:
+        raise ValueError(f"no case (images*/CASE_0000.nii.gz) in {[str(d) for d in datasets]}")
+    confirmed, rejected = find_duplicates(cases, progress=True)
+    documented = documented_groups(cases)
+    report = duplicate_report(confirmed, rejected, documented)
+    lines = [describe(d) for d in confirmed]
+    for group in report["documented_groups"]:
+        lines.append(f"documented ({group['reference']}): {group['group']}: {', '.join(group['cases'])} -> "
+                     f"{'found' if group['found'] else 'NOT found by the fingerprints'}")
+    lines.append(f"{len(confirmed)} pair(s) of one scan among {len(cases)} case(s) of {len(datasets)} dataset(s); "
+                 f"{len(rejected)} candidate(s) not confirmed on the voxels")
+    if json_file:
+        write_text_atomic(json.dumps(report, indent=1), json_file)
+        lines.append(f"evidence: {json_file}")
+    return "\n".join(lines)

@@ -70,7 +70,10 @@ def fingerprint_array(array: np.ndarray, slab: int = SLAB_SLICES) -> Fingerprint
     deviations = []
     for axis, (s1, s2) in enumerate(zip(sums, squares)):
         n = array.size // array.shape[axis]
-        if whole:  # n*S2 - S1^2 in exact integers (Python ints: no overflow), then one rounding
+        # whole values (int storage, or float storage of whole HU: float64 sums of them are exact below 2**53):
+        # n*S2 - S1^2 in exact integers (Python ints: no overflow), then one rounding, whatever the storage
+        if whole or (np.array_equal(s2, np.rint(s2)) and np.array_equal(s1, np.rint(s1))
+                     and np.abs(s2).max(initial=0) < 2.0 ** 53):
             variance = np.array([(n * int(b) - int(a) ** 2) / (n * n) for a, b in zip(s1, s2)])
         else:
             mean = s1 / n

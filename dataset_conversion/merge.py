@@ -47,7 +47,7 @@ from nnunet_ctorg.dataset_conversion.common import (
     write_case,
 )
 from nnunet_ctorg.io import read_image, write_text_atomic
-from nnunet_ctorg.label_scheme import LabelScheme
+from nnunet_ctorg.label_scheme import SOURCES, LabelScheme
 
 
 def _keep_background(labels: np.ndarray, image, missing: list[int], ignore_id: int, partial: dict[int, str],
@@ -348,6 +348,9 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
         raise ValueError(f"output id {dataset_id} is one of the inputs")
     if duplicates not in DUPLICATE_ACTIONS:
         raise ValueError(f"duplicates must be one of {DUPLICATE_ACTIONS}, got {duplicates!r}")
+    unknown = [s for s in duplicate_priority if s not in SOURCES]
+    if unknown:
+        raise ValueError(f"duplicate_priority names unknown source(s) {unknown}; known: {', '.join(SOURCES)}")
     raw_dir = Path(raw_dir)
     datasets = [find_dataset(raw_dir, i) for i in dataset_ids]
     label_sets = [json.loads((ds / "dataset.json").read_text())["labels"] for ds in datasets]
