@@ -160,12 +160,15 @@ class LoadedTeacher:
 
 
 def complete_labels(labels: np.ndarray, missing: set[int], ignore_id: int | None, proposals: list[tuple],
-                    confidence: float | None, new_ignore_id: int) -> tuple[np.ndarray, dict]:
+                    confidence: float | None, new_ignore_id: int, known_slices: dict | None = None
+                    ) -> tuple[np.ndarray, dict]:
     """Fill the unknown voxels of ``labels`` from teacher proposals.
 
     ``proposals``: (teacher name, organ ids -> priority, organ map, probability map). Unknown voxels are
     background or ``ignore_id`` voxels; those no teacher claims become background when every missing organ
-    has a teacher, else they keep their input value. Returns the labels and per-organ provenance.
+    has a teacher, else they keep their input value. ``known_slices`` (the record's ``annotated_slices``:
+    organ id -> axis and slice range annotated by another copy of the scan): no teacher proposes that organ
+    there. Returns the labels and per-organ provenance.
     """
     unknown = labels == 0
     if ignore_id is not None:
@@ -178,11 +181,15 @@ def complete_labels(labels: np.ndarray, missing: set[int], ignore_id: int | None
     best_priority = np.full(labels.shape, -np.inf, np.float32)
     winner_probability = np.ones(labels.shape, np.float32)
     winner = np.full(labels.shape, -1, np.int16)
+    known_slices = known_slices or {}
     for index, (_, priorities, organs, probability) in enumerate(proposals):
         for organ, priority in priorities.items():
             if organ not in missing:
                 continue
             claim = unknown & (organs == organ) & (priority > best_priority)
+            if str(organ) in known_slices:  # annotated there by a copy of the scan: its background is real
+                axis, (lo, hi) = known_slices[str(organ)]["axis"], known_slices[str(organ)]["range"]
+                claim[(slice(None),) * axis + (slice(lo, hi),)] = False
             out[claim] = organ
             best_priority[claim] = priority
             winner_probability[claim] = probability[claim]
@@ -302,7 +309,8 @@ def complete_case(job: CaseJob, teachers: list, organ_ids: set[int], ignore_id: 
             if wanted:
                 organs, probability = teacher.propose(image, job.case)
                 proposals.append((teacher.name, wanted, organs, probability))
-        labels, provenance = complete_labels(labels, missing, ignore_id, proposals, confidence, new_ignore_id)
+        labels, provenance = complete_labels(labels, missing, ignore_id, proposals, confidence, new_ignore_id,
+                                             record.get("annotated_slices"))
         record["pseudo"] = provenance
         record["teachers"] = [t.name for t in teachers]
         covered = set().union(*(set(t.priority) for t in teachers)) & missing

@@ -235,6 +235,8 @@ def plan_duplicates(jobs: list[CaseJob], action: str, progress: bool = False) ->
         ConvertedCase,
         case_fingerprint,
         describe,
+        documented_groups,
+        duplicate_report,
         find_duplicates,
         read_array,
     )
@@ -259,8 +261,9 @@ def plan_duplicates(jobs: list[CaseJob], action: str, progress: bool = False) ->
     for c in refs:
         groups.setdefault(root(c), []).append(c)
     by_case, order = {j.case: j for j in jobs}, {j.case: k for k, j in enumerate(jobs)}
+    documented = duplicate_report(confirmed, rejected, documented_groups(list(refs.values())))["documented_groups"]
     summary = {"action": action, "pairs": [describe(d) for d in confirmed], "merged": {}, "dropped": {},
-               "same_fold": {}, "flagged": [], "unconfirmed_candidates": len(rejected)}
+               "same_fold": {}, "flagged": [], "unconfirmed_candidates": len(rejected), "documented": documented}
     removed = set()
     for group in (g for g in groups.values() if len(g) > 1):
         size = {c: int(np.prod(case_fingerprint(refs[c].dataset, c, refs[c].image).shape)) for c in group}
@@ -393,6 +396,9 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
         print(duplicates_line(duplicate_summary))
         for line in duplicate_summary["flagged"]:
             print(f"  flagged: {line}")
+        for group in duplicate_summary["documented"]:
+            print(f"  documented duplicate {group['group']} ({group['reference']}): "
+                  f"{'found' if group['found'] else 'NOT found by the fingerprints'}")
     finish_dataset(out, scheme, f"merge of {', '.join(ds.name for ds in datasets)}; unannotated organs: "
                    f"{unannotated}", extra_labels={"ignore": ignore_id} if unannotated == "ignore" else None)
     done = set(summary["written"]) | set(summary["skipped"])

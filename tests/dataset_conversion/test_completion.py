@@ -89,6 +89,9 @@ def test_rules_real_labels_win_priority_decides_confidence_ignores():
     assert out.tolist() == [[1, 7, 7, 0, 7, 0]]  # organ 8 has no teacher: unclaimed voxels keep the input's value
     out, _ = complete_labels(labels, {7, 8}, 9, [("A", {7: 0.9}, a * 0, pa)], None, 9)
     assert out.tolist() == labels.tolist()
+    # organ 7 annotated on voxels 1-2 by a copy of the scan (merge --duplicates union): its background is real there
+    out, _ = complete_labels(labels, {7}, 9, [("A", {7: 0.9}, a, pa)], None, 9, {"7": {"axis": 1, "range": [1, 3]}})
+    assert out.tolist() == [[1, 0, 0, 0, 7, 0]]
 
 
 def test_oracle_teachers_recover_the_hidden_organs_and_never_touch_real_labels(hidden):

@@ -322,3 +322,28 @@ def test_bad_arguments_are_refused(shared_scan):
         merge_datasets([61, 62], raw, 74, "X", "background", duplicates="merge")
     with pytest.raises(ValueError, match=r"unknown source\(s\) \['lits'\]"):
         merge_datasets([61, 62], raw, 74, "X", "background", duplicate_priority=("lits",))
+
+
+def test_documented_duplicates_are_checked_against_what_the_fingerprints_find(real_ct_dir, tmp_path):
+    """AbdomenCT-1K issue #28 (the known-bad table): Case_00297 and Case_00928 are both LiTS liver_74."""
+    from nnunet_ctorg.dataset_conversion.duplicates import documented_groups, duplicate_report
+    from nnunet_ctorg.phantoms import generate_phantom
+
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz")))
+    other = generate_phantom(seed=3, fov="abdomen", spacing=(8.0, 8.0, 8.0)).ct
+    out = tmp_path / "Dataset063_AbdomenCT1K"
+    for case, source_case, array in (("abdomenct1k_00297", "Case_00297", hu), ("abdomenct1k_00928", "Case_00928",
+                                     hu[:, :, ::-1].copy()), ("abdomenct1k_00001", "Case_00001", other)):
+        write_case(out, CaseJob(case, "Tr", {}), _image(array), np.zeros(array.shape, np.uint8),
+                   {"source": "abdomenct1k", "source_case": source_case, "annotated": [1]})
+    cases = converted_cases(out)
+    confirmed, rejected = find_duplicates(cases)
+    groups = duplicate_report(confirmed, rejected, documented_groups(cases))["documented_groups"]
+    assert groups == [{"group": "LiTS liver_74", "reference": "AbdomenCT-1K issue #28", "found": True,
+                       "cases": ["Dataset063_AbdomenCT1K/abdomenct1k_00297", "Dataset063_AbdomenCT1K/abdomenct1k_00928"]}]
+    # a documented pair that is not one scan here is reported as not found
+    write_case(out, CaseJob("abdomenct1k_00928", "Tr", {}), _image(other[::-1].copy() + 1), np.zeros(other.shape,
+               np.uint8), {"source": "abdomenct1k", "source_case": "Case_00928", "annotated": [1]})
+    cases = converted_cases(out)
+    confirmed, rejected = find_duplicates(cases)
+    assert not duplicate_report(confirmed, rejected, documented_groups(cases))["documented_groups"][0]["found"]
