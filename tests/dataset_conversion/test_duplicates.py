@@ -347,3 +347,62 @@ def test_documented_duplicates_are_checked_against_what_the_fingerprints_find(re
     cases = converted_cases(out)
     confirmed, rejected = find_duplicates(cases)
     assert not duplicate_report(confirmed, rejected, documented_groups(cases))["documented_groups"][0]["found"]
+
+
+def test_union_rules_priority_conflicts_partial_and_slices():
+    from nnunet_ctorg.dataset_conversion.merge import union_labels
+
+    labels = np.zeros((4, 3, 3), np.uint8)
+    labels[:, 0, 0] = 1          # liver (both annotate it) on every slice
+    labels[:, 1, 1] = 5          # bone, partial in this source
+    copy_labels = np.zeros((2, 3, 3), np.uint8)  # the copy holds slices 1-2
+    copy_labels[:, 0, 0] = 1
+    copy_labels[0, 0, 1] = 1     # the copy's liver is one voxel larger
+    copy_labels[:, 1, 1] = 7     # spleen where this case has bone: a conflict
+    copy_labels[:, 2, 2] = 7
+    region = (slice(1, 3), slice(0, 3), slice(0, 3))
+    record = {"source": "totalseg", "annotated": [1, 5], "partial": [5]}
+    copy = {"case": "b", "dataset": "B", "mapping": {}, "record": {"source": "abdomenct1k", "annotated": [1, 7],
+                                                                   "partial": []}}
+    out, merged = union_labels(labels, record, copy_labels, region, copy, ("ctorg", "abdomenct1k", "totalseg"))
+    expected = labels.copy()
+    expected[1, 0, 1] = 1                    # the copy's source wins the liver (abdomenct1k before totalseg)
+    expected[1:3, 2, 2] = 7                  # its spleen where this case has background; the bone keeps its voxels
+    assert np.array_equal(out, expected) and labels[1, 0, 1] == 0  # the input is not changed
+    assert merged["annotated"] == [1, 5] and merged["annotated_slices"] == {"7": {"axis": 0, "range": [1, 3]}}
+    assert merged["partial"] == [5]
+    entry = merged["duplicates"][0]
+    assert entry["shared_organs_from"] == "abdomenct1k" and entry["conflicting_voxels"] == 2
+    assert entry["dice"] == {"1": 2 * 2 / (2 + 3)} and entry["organs_from_copy"] == [7, 1]
+    assert entry["covers_whole_grid"] is False
+    # this case's source first: its liver stays
+    out, merged = union_labels(labels, record, copy_labels, region, copy, ("totalseg", "abdomenct1k"))
+    expected[1, 0, 1] = 0
+    assert np.array_equal(out, expected) and merged["duplicates"][0]["shared_organs_from"] == "totalseg"
+    # the copy wins an organ it says is absent: this case's voxels of it go on the copy's slices only
+    absent = {**copy, "record": {"source": "ctorg", "annotated": [5], "partial": []}}
+    out, merged = union_labels(labels, record, np.zeros_like(copy_labels), region, absent, ("ctorg", "totalseg"))
+    assert (out[1:3] == 5).sum() == 0 and (out[[0, 3]] == 5).sum() == 2
+    assert merged["partial"] == []           # bone: the copy annotates it fully
+    # a copy that covers the whole grid makes its organs annotated; a tie keeps this case's organs
+    whole = {**copy, "record": {"source": "ctorg", "annotated": [5, 7], "partial": [7]}}
+    full = np.zeros((4, 3, 3), np.uint8)
+    out, merged = union_labels(labels, record, full, (slice(0, 4),) + region[1:], whole, ())
+    assert np.array_equal(out, labels) and merged["duplicates"][0]["shared_organs_from"] == "totalseg"
+    assert merged["annotated"] == [1, 5, 7] and merged["partial"] == [7] and "annotated_slices" not in merged
+
+
+def test_a_test_case_is_the_copy_kept_and_gets_the_training_copys_labels(shared_scan):
+    raw, organs, ids, a_organs, b_organs = shared_scan
+    b = raw / "Dataset062_B"
+    for kind, name in (("images", "abdomenct1k_00001_0000.nii.gz"), ("labels", "abdomenct1k_00001.nii.gz")):
+        (b / f"{kind}Ts").mkdir(exist_ok=True)
+        (b / f"{kind}Tr" / name).rename(b / f"{kind}Ts" / name)
+    out = merge_datasets([61, 62], raw, 75, "MergedTest", "background")
+    assert not (out / "labelsTr").is_dir() or not list((out / "labelsTr").iterdir())
+    merged = _read(out / "labelsTs" / "abdomenct1k_00001.nii.gz")
+    lo, hi = MERGE_CROP
+    expected = _labels(organs, sorted(set(a_organs) | set(b_organs)), ids)[lo:hi].transpose(2, 1, 0)[:, ::-1, :]
+    assert np.array_equal(merged, expected)  # every organ of both copies, on the test copy's grid
+    record = json.loads((out / "annotations" / "abdomenct1k_00001.json").read_text())
+    assert record["annotated"] == sorted(ids[o] for o in set(a_organs) | set(b_organs))
