@@ -27,8 +27,9 @@ one fold; ``drop`` keeps the copy with the most voxels only. Copies whose shared
 
 Splits: five folds stratified by source (each source's training cases are dealt over the folds,
 so every source appears in every validation set); cases of one ``fold_group`` (the known-bad
-table's groups, copies of one scan) stay in one fold, across sources too; test cases (imagesTs, e.g. TotalSegmentator's official
-test split) are never in a fold. Written to ``$nnUNet_preprocessed/<dataset>/splits_final.json``.
+table's groups, copies of one scan) stay in one fold, across sources too; test cases (imagesTs, e.g.
+TotalSegmentator's official test split) are never in a fold. Written to
+``$nnUNet_preprocessed/<dataset>/splits_final.json``.
 """
 
 import json
@@ -340,7 +341,8 @@ def merge_datasets(dataset_ids: list[int], raw_dir: str | Path, dataset_id: int,
     """Merge the datasets ``dataset_ids`` of ``raw_dir`` into ``raw_dir/DatasetXXX_name``.
 
     ``duplicates``: what becomes of the copies of one scan (``DUPLICATE_ACTIONS``, see the module docstring);
-    ``duplicate_priority``: which source wins an organ two copies both annotate. With ``unannotated="pseudo"``, ``teachers`` (``completion.Teacher``) fill the missing organs;
+    ``duplicate_priority``: which source wins an organ two copies both annotate. With
+    ``unannotated="pseudo"``, ``teachers`` (``completion.Teacher``) fill the missing organs;
     ``completion_options`` go to ``completion.complete_folder`` (confidence, device, ...).
     """
     if unannotated not in UNANNOTATED_STRATEGIES:

@@ -184,8 +184,8 @@ def _labels(organs: dict[str, np.ndarray], which: list[str], ids: dict[str, int]
 
 @pytest.fixture()
 def shared_scan(real_ct_dir, nnunet_env):
-    """Dataset061 (CT-ORG-like: every organ but spleen and pancreas) holds the real CT with its TotalSegmentator reference
-    (example_ct_sm); Dataset062 (AbdomenCT-1K-like: liver, kidneys, spleen, pancreas) holds it transposed,
+    """Dataset061 (CT-ORG-like: every organ but spleen and pancreas) holds the real CT with its TotalSegmentator
+    reference (example_ct_sm); Dataset062 (AbdomenCT-1K-like: liver, kidneys, spleen, pancreas) holds it transposed,
     flipped, cut to MERGE_CROP and without the intercept."""
     raw = nnunet_env / "nnUNet_raw"
     real_hu = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz")))
@@ -340,7 +340,8 @@ def test_documented_duplicates_are_checked_against_what_the_fingerprints_find(re
     confirmed, rejected = find_duplicates(cases)
     groups = duplicate_report(confirmed, rejected, documented_groups(cases))["documented_groups"]
     assert groups == [{"group": "LiTS liver_74", "reference": "AbdomenCT-1K issue #28", "found": True,
-                       "cases": ["Dataset063_AbdomenCT1K/abdomenct1k_00297", "Dataset063_AbdomenCT1K/abdomenct1k_00928"]}]
+                       "cases": ["Dataset063_AbdomenCT1K/abdomenct1k_00297",
+                                 "Dataset063_AbdomenCT1K/abdomenct1k_00928"]}]
     # a documented pair that is not one scan here is reported as not found
     write_case(out, CaseJob("abdomenct1k_00928", "Tr", {}), _image(other[::-1].copy() + 1), np.zeros(other.shape,
                np.uint8), {"source": "abdomenct1k", "source_case": "Case_00928", "annotated": [1]})
