@@ -19,12 +19,20 @@ exists, and ``missing_masks`` lists the others. Bone is recorded as ``partial`` 
 lower-leg or foot bones; v1 has no skull or sternum either). CTs and masks whose NIfTI header
 SimpleITK refuses (TotalSegmentator issues #33, #461) are read with nibabel, as TotalSegmentator's own
 ``resources/convert_dataset_to_nnunet.py`` does.
+
+Speed (docs/datasets.md): a case's masks are read a few at a time in threads (``MASK_READ_THREADS``) and merged
+in the order above; an int16 ``ct.nii.gz`` that SimpleITK reads is copied as it is (``nnunet_ready_ct``) instead
+of being encoded again.
 """
 
 import csv
 import json
 import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +113,7 @@ def convert_totalseg_job(job: CaseJob, scheme: LabelScheme) -> None:
         quirks["unknown_mask_files"] = unknown
 
     labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
-    annotated, missing = [], []
+    annotated, missing, plan = [], [], []
     # ascending ids: where organs overlap the higher unified id is written last and wins
     for organ in scheme.organs_of("totalseg"):
         expected = scheme.totalseg_structures(organ, totalseg_structures(version))
@@ -114,16 +122,105 @@ def convert_totalseg_job(job: CaseJob, scheme: LabelScheme) -> None:
         if not present:
             continue
         annotated.append(scheme.labels[organ])
-        for structure in present:
-            mask = read_case_mask(seg_dir / f"{structure}.nii.gz", image, case, f"mask {structure}", quirks)
-            values = sitk.GetArrayViewFromImage(mask)
-            if not np.isin(np.unique(values), (0, 1)).all():
-                raise ValueError(f"{case}: mask {structure} is not binary (values {np.unique(values)[:5]})")
-            labels[values > 0] = scheme.labels[organ]
+        plan += [(scheme.labels[organ], structure) for structure in present]
+    for (label_id, _), mask, found in _read_masks(seg_dir, plan, image, case):
+        for kind, entries in found.items():  # merged in plan order: the record is the same as one read at a time
+            quirks.setdefault(kind, {}).update(entries)
+        _paint(labels, sitk.GetArrayViewFromImage(mask), label_id)
     write_case(Path(job.inputs["out"]), job, image, labels,
                {"source": "totalseg", "source_case": job.inputs["image_id"], "version": version,
                 "annotated": annotated, "partial": [i for i in scheme.partial_ids("totalseg") if i in annotated],
-                "missing_masks": missing, **record_extras(job, quirks)})
+                "missing_masks": missing, **record_extras(job, quirks)},
+               image_file=nnunet_ready_ct(folder / "ct.nii.gz", image, quirks))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Masks read at the same time in threads: SimpleITK's reader releases the GIL while it inflates a file, which is
+# most of a case's time (117 masks of ~27-45 megavoxels each). A few MB of compressed input each, so the number
+# of cores is the limit; more than 4 gains little beside the worker processes of run_conversion.
+MASK_READ_THREADS = max(1, min(4, _cores()))
+
+
+def _read_checked_mask(seg_dir: Path, structure: str, image, case: str):
+    """One structure's mask with its image's geometry (``read_case_mask``) and the quirks handled reading it;
+    a mask with values other than 0 and 1 is an error naming the case."""
+    import SimpleITK as sitk
+
+    found: dict = {}
+    mask = read_case_mask(seg_dir / f"{structure}.nii.gz", image, case, f"mask {structure}", found)
+    values = sitk.GetArrayViewFromImage(mask)
+    if not _is_binary(values):
+        raise ValueError(f"{case}: mask {structure} is not binary (values {np.unique(values)[:5]})")
+    return mask, found
+
+
+def _read_masks(seg_dir: Path, plan: list[tuple[int, str]], image, case: str,
+                threads: int | None = None) -> Iterator[tuple[tuple[int, str], object, dict]]:
+    """``(plan item, mask, quirks found)`` for each ``(label id, structure)`` of ``plan``, in plan order, read
+    ``threads`` (default ``MASK_READ_THREADS``) at a time and at most ``threads + 1`` ahead; the first error in plan
+    order is raised, as when they are read one by one."""
+    threads = MASK_READ_THREADS if threads is None else threads
+    if threads <= 1:
+        for item in plan:
+            yield (item, *_read_checked_mask(seg_dir, item[1], image, case))
+        return
+    todo = iter(plan)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="totalseg-mask")
+    try:
+        ahead = deque((item, pool.submit(_read_checked_mask, seg_dir, item[1], image, case))
+                      for item in islice(todo, threads + 1))
+        while ahead:
+            item, future = ahead.popleft()
+            mask, found = future.result()
+            for following in islice(todo, 1):
+                ahead.append((following, pool.submit(_read_checked_mask, seg_dir, following[1], image, case)))
+            yield item, mask, found
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _is_binary(values: np.ndarray) -> bool:
+    """All voxels 0 or 1 (as ``np.isin(np.unique(values), (0, 1)).all()``, without sorting 10^7 voxels)."""
+    if values.dtype.kind == "b":
+        return True
+    if values.dtype.kind == "u":
+        return int(values.max(initial=0)) <= 1
+    return np.count_nonzero(values) == np.count_nonzero(values == 1)  # NaN, -1, 0.5: non-zero but not 1
+
+
+def _paint(labels: np.ndarray, values: np.ndarray, label_id: int) -> None:
+    """``labels[values > 0] = label_id`` for a binary mask; one-byte masks are used as booleans, not compared."""
+    where = values.view(np.bool_) if values.dtype.itemsize == 1 and values.dtype.kind in "biu" else values > 0
+    np.copyto(labels, label_id, where=where)
+
+
+def nnunet_ready_ct(path: Path, image, quirks: dict) -> Path | None:
+    """``path`` itself when it can be copied as the case's image instead of being encoded again: SimpleITK read it
+    (no nibabel fallback) as int16, which is what ``ct_for_nnunet`` would write; it is gzip-compressed; and nibabel
+    reads the same geometry from its header as SimpleITK (so every reader sees the labels where the CT is, as
+    with a file SimpleITK wrote). Else ``None``."""
+    import SimpleITK as sitk
+
+    if "image_read_with_nibabel" in quirks or image.GetPixelID() != sitk.sitkInt16:
+        return None
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return None
+    import nibabel
+
+    try:
+        affine = nibabel.load(str(path)).affine  # the header only
+    except Exception:  # nibabel raises many types for broken headers
+        return None
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    matrix = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    if not (np.allclose(ras_to_lps @ affine[:3, :3], matrix, rtol=0, atol=1e-4)
+            and np.allclose(ras_to_lps @ affine[:3, 3], image.GetOrigin(), rtol=0, atol=1e-3)):
+        return None
+    return path
 
 
 def detect_release(root: Path, rows: list[dict[str, str]], version: str = "auto") -> tuple[str, str]:

@@ -116,3 +116,43 @@ def test_non_finite_voxels_are_counted_in_every_format(tmp_path, ending):
     array[1, 2, 3], array[4, 5, 6], array[7, 8, 9] = np.nan, np.inf, -np.inf
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"ct{ending}"))
     assert count_non_finite(tmp_path / f"ct{ending}") == 3
+
+
+def test_nibabel_fallback_inflates_in_one_call_with_nibabels_voxels(tmp_path):
+    """The one-call inflate gives what nibabel.load gives: types, byte order, scaling, NIfTI-2, several gzip
+    members, uncompressed files; a damaged file is one clear error."""
+    import gzip
+
+    from nnunet_ctorg.io import _nifti_affine_and_voxels
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1000, 1000, (7, 8, 9)).astype(np.int16)
+    affine = np.diag([-0.8, -0.8, 1.5, 1.0])
+    affine[:3, 3] = [100.0, 120.0, -300.0]
+    files = {}
+    files["int16.nii.gz"] = nibabel.Nifti1Image(data, affine)
+    files["big_endian.nii.gz"] = nibabel.Nifti1Image(data.astype(">i2"), affine)
+    files["uint8.nii.gz"] = nibabel.Nifti1Image((data > 0).astype(np.uint8), affine)
+    scaled = nibabel.Nifti1Image(data, affine)
+    scaled.header.set_slope_inter(0.5, -1024.0)
+    files["scaled.nii.gz"] = scaled
+    files["nifti2.nii.gz"] = nibabel.Nifti2Image(data.astype(np.float32) / 3, affine)
+    files["plain.nii"] = nibabel.Nifti1Image(data, affine)
+    for name, image in files.items():
+        nibabel.save(image, str(tmp_path / name))
+    whole = gzip.decompress((tmp_path / "int16.nii.gz").read_bytes())
+    half = len(whole) // 2  # two gzip members, as bgzip writes
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(whole[:half]) + gzip.compress(whole[half:]))
+    for name in [*files, "members.nii.gz"]:
+        reference = nibabel.load(str(tmp_path / name))
+        affine_read, voxels = _nifti_affine_and_voxels(tmp_path / name)
+        expected = np.asanyarray(reference.dataobj)
+        assert voxels.dtype == expected.dtype and np.array_equal(voxels, expected), name
+        assert np.array_equal(affine_read, reference.affine), name
+    assert _nifti_affine_and_voxels(tmp_path / "scaled.nii.gz")[1].dtype == np.float64  # nibabel's scaling
+    packed = (tmp_path / "int16.nii.gz").read_bytes()
+    for damage, content in (("truncated", packed[: len(packed) // 2]), ("not_nifti", gzip.compress(b"x" * 400)),
+                            ("not_gzip", b"\x1f\x8b garbage")):
+        (tmp_path / f"{damage}.nii.gz").write_bytes(content)
+        with pytest.raises(ValueError, match=f"case Z: image .*{damage}.nii.gz cannot be read by SimpleITK nor nib"):
+            read_nifti_with_nibabel(tmp_path / f"{damage}.nii.gz", "case Z: image")

@@ -251,3 +251,163 @@ def test_structure_set_is_detected_per_case(tmp_path, nnunet_env):
     record = json.loads((out / "annotations" / "totalseg_s0001.json").read_text())
     assert record["version"] == "v1" and record["missing_masks"] == []
     assert json.loads((out / "annotations" / "totalseg_s0000.json").read_text())["version"] == "v2"
+
+
+# --- the fast path: masks read in threads, binary check and painting without np.unique, the CT copied as it is
+
+
+def _convert_one_case(src, image_id, out, threads, monkeypatch):
+    from nnunet_ctorg.dataset_conversion import totalsegmentator
+    from nnunet_ctorg.dataset_conversion.common import CaseJob
+
+    monkeypatch.setattr(totalsegmentator, "MASK_READ_THREADS", threads)
+    job = CaseJob(case=f"totalseg_{image_id}", split="Tr",
+                  inputs={"image_id": image_id, "folder": str(src / image_id), "version": "v2", "out": str(out)})
+    totalsegmentator.convert_totalseg_job(job, LabelScheme.load(None))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"totalseg_{image_id}.nii.gz")))
+    return labels, (out / "annotations" / f"totalseg_{image_id}.json").read_text()
+
+
+def test_masks_read_in_threads_give_the_labels_and_record_of_one_at_a_time(tmp_path, monkeypatch):
+    src = tmp_path / "ts"
+    generate_dataset("totalseg", str(src), 2, "thorax_abdomen", SPACING, seed=4, progress=False, quirks=True)
+    truth = PhantomSettings("thorax_abdomen", SPACING, seed=4).make(0)
+    seg = src / "s0000" / "segmentations"
+    liver = sitk.ReadImage(str(seg / "liver.nii.gz"))  # liver (1) also over the kidneys (4): the kidneys win
+    overlap = sitk.GetImageFromArray(((truth.organ_labels() == 1) | (truth.organ_labels() == 4)).astype(np.uint8))
+    overlap.CopyInformation(liver)
+    sitk.WriteImage(overlap, str(seg / "liver.nii.gz"))
+    spleen = sitk.ReadImage(str(seg / "spleen.nii.gz"))  # a third of a voxel off: conformed and recorded
+    spleen.SetOrigin(tuple(np.add(spleen.GetOrigin(), (SPACING[0] / 3, 0.0, 0.0))))
+    sitk.WriteImage(spleen, str(seg / "spleen.nii.gz"))
+    for image_id in ("s0000", "s0001"):  # s0001: every header sheared, every mask read with nibabel
+        one, record_one = _convert_one_case(src, image_id, tmp_path / "one", 1, monkeypatch)
+        four, record_four = _convert_one_case(src, image_id, tmp_path / "four", 4, monkeypatch)
+        assert np.array_equal(one, four) and record_one == record_four  # the record's text, key order included
+    assert np.array_equal(four, PhantomSettings("thorax_abdomen", SPACING, seed=4).make(1).organ_labels())
+    labels, record = _convert_one_case(src, "s0000", tmp_path / "four", 4, monkeypatch)
+    assert np.array_equal(labels, truth.organ_labels())  # the liver file's kidney voxels stay kidney
+    assert list(json.loads(record)["quirks"]["geometry_corrected"]) == ["mask spleen"]
+    scheme = LabelScheme.load(None)
+    in_plan_order = [f"mask {s}" for o in scheme.organs_of("totalseg")
+                     for s in scheme.totalseg_structures(o, TOTALSEG_V2_STRUCTURES)]
+    assert list(json.loads(record_four)["quirks"]["masks_read_with_nibabel"]) == in_plan_order
+
+
+def test_masks_come_in_plan_order_and_the_first_error_in_that_order_is_raised(monkeypatch):
+    """Whatever read finishes first: the masks are painted in ascending label order (the overlap rule) and the
+    error raised is the one a read one at a time would have met first."""
+    import threading
+    import time
+
+    from nnunet_ctorg.dataset_conversion import totalsegmentator
+
+    plan = [(1, "liver"), (4, "kidney_left"), (7, "spleen"), (8, "pancreas")]
+    first_done = threading.Event()
+
+    def read(seg_dir, structure, image, case):
+        if structure == "liver":  # the liver is read last of all, while the others are read
+            overlapped.append(first_done.wait(2))
+            time.sleep(0.05)
+        else:
+            first_done.set()
+        if structure in bad:
+            raise ValueError(f"{case}: mask {structure} is bad")
+        return f"mask {structure}", {"q": {structure: 1}}
+
+    monkeypatch.setattr(totalsegmentator, "_read_checked_mask", read)
+    bad, overlapped = set(), []
+    got = list(totalsegmentator._read_masks(None, plan, None, "case X", threads=4))
+    assert [item for item, _, _ in got] == plan and [m for _, m, _ in got] == [f"mask {s}" for _, s in plan]
+    assert overlapped == [True]
+    bad = {"liver", "spleen"}
+    first_done.clear()
+    with pytest.raises(ValueError, match="mask liver is bad"):
+        list(totalsegmentator._read_masks(None, plan, None, "case X", threads=4))
+
+
+def test_corrupt_mask_is_reported_by_case_with_threads(totalseg_dir, nnunet_env, monkeypatch):
+    from nnunet_ctorg.dataset_conversion import totalsegmentator
+
+    monkeypatch.setattr(totalsegmentator, "MASK_READ_THREADS", 4)
+    seg = totalseg_dir / "s0001" / "segmentations"
+    (seg / "spleen.nii.gz").write_bytes(b"\x1f\x8b not a gzip stream")
+    spleen = "mask spleen .*spleen.nii.gz cannot be read"
+    with pytest.raises(ValueError, match=f"TotalSegmentator case s0001: {spleen}"):
+        convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 25, strict=True)
+    pancreas = sitk.ReadImage(str(seg / "pancreas.nii.gz"))  # a later organ (8) not binary: spleen (7) comes first
+    sitk.WriteImage(pancreas * 2, str(seg / "pancreas.nii.gz"))
+    with pytest.raises(ValueError, match=f"TotalSegmentator case s0001: {spleen}"):
+        convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 25, strict=True)
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 25)
+    assert "totalseg_s0001" in json.loads((out / "conversion_summary.json").read_text())["failed"]
+    assert not list(out.rglob("totalseg_s0001*")) and (out / "labelsTr" / "totalseg_s0000.nii.gz").is_file()
+
+
+def test_binary_check_and_painting_agree_with_unique_and_a_boolean_index():
+    from nnunet_ctorg.dataset_conversion.totalsegmentator import _is_binary, _paint
+
+    nan, inf = float("nan"), float("inf")
+    cases = {np.bool_: [[0, 1], [0, 0], [1, 1]],
+             np.uint8: [[0, 1], [0, 0], [1, 1], [0, 2], [0, 255], [3, 1]],
+             np.int8: [[0, 1], [0, -1], [1, -128], [0, 2]],
+             np.uint16: [[0, 1], [0, 256], [0, 257]],  # 256 and 257: a low byte of 0 or 1
+             np.int16: [[0, 1], [0, -1], [-255, 1], [0, 256]],
+             np.float32: [[0, 1], [0, 0.5], [-0.0, 1], [0, nan], [0, inf], [0, 1 + 1e-6], [0, -1]],
+             np.float64: [[0, 1], [0, 1e-300], [0, nan], [1, 2]]}
+    for dtype, value_sets in cases.items():
+        for values in value_sets:
+            array = np.resize(np.array(values, dtype=dtype), (3, 4, 5))
+            assert _is_binary(array) == bool(np.isin(np.unique(array), (0, 1)).all()), (dtype, values)
+            if _is_binary(array):
+                labels, expected = np.full(array.shape, 3, np.uint8), np.full(array.shape, 3, np.uint8)
+                _paint(labels, array, 6)
+                expected[array > 0] = 6
+                assert np.array_equal(labels, expected), (dtype, values)
+
+
+def test_int16_ct_is_copied_as_it_is_other_cts_are_encoded_again(totalseg_dir, nnunet_env):
+    ct = {k: totalseg_dir / f"s000{k}" / "ct.nii.gz" for k in range(4)}
+    for k, pixel, offset in ((1, sitk.sitkFloat32, 0.0), (2, sitk.sitkFloat64, 0.25)):  # whole HU: int16 written,
+        sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(ct[k])), pixel) + offset, str(ct[k]))  # else float32
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 26, strict=True)
+    written = {k: out / f"images{'Ts' if k == 3 else 'Tr'}" / f"totalseg_s000{k}_0000.nii.gz" for k in range(4)}
+    assert written[0].read_bytes() == ct[0].read_bytes() and written[3].read_bytes() == ct[3].read_bytes()
+    for k, pixel in ((1, sitk.sitkInt16), (2, sitk.sitkFloat32)):
+        assert written[k].read_bytes() != ct[k].read_bytes()
+        result, source = sitk.ReadImage(str(written[k])), sitk.ReadImage(str(ct[k]))
+        assert result.GetPixelID() == pixel
+        assert np.array_equal(sitk.GetArrayFromImage(result), sitk.GetArrayFromImage(source))
+    for k in range(4):
+        label = sitk.ReadImage(str(out / f"labels{'Ts' if k == 3 else 'Tr'}" / f"totalseg_s000{k}.nii.gz"))
+        assert np.allclose(geometry := np.r_[label.GetOrigin(), label.GetSpacing(), label.GetDirection()],
+                           np.r_[(i := sitk.ReadImage(str(written[k]))).GetOrigin(), i.GetSpacing(),
+                                 i.GetDirection()], atol=1e-5), geometry
+
+
+def test_ct_is_not_copied_when_read_with_nibabel_or_not_gzip_or_its_header_reads_otherwise(tmp_path):
+    import nibabel
+
+    from nnunet_ctorg.dataset_conversion.totalsegmentator import nnunet_ready_ct
+
+    data = np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8)
+    affine = np.diag([-1.5, -1.5, 2.0, 1.0])
+    affine[:3, 3] = [100.0, 80.0, -300.0]
+    good = tmp_path / "good.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(data, affine), str(good))
+    image = sitk.ReadImage(str(good))
+    assert nnunet_ready_ct(good, image, {}) == good
+    assert nnunet_ready_ct(good, image, {"image_read_with_nibabel": {"reader": "nibabel"}}) is None
+    assert nnunet_ready_ct(good, sitk.Cast(image, sitk.sitkFloat32), {}) is None
+    assert nnunet_ready_ct(good, sitk.Cast(image, sitk.sitkInt32), {}) is None
+    plain = tmp_path / "plain.nii"
+    nibabel.save(nibabel.Nifti1Image(data, affine), str(plain))
+    assert nnunet_ready_ct(plain, sitk.ReadImage(str(plain)), {}) is None  # not gzip-compressed
+    no_codes = nibabel.Nifti1Image(data, affine)
+    no_codes.set_qform(None, code=0)
+    no_codes.set_sform(None, code=0)
+    unset = tmp_path / "unset.nii.gz"
+    nibabel.save(no_codes, str(unset))
+    image = sitk.ReadImage(str(unset))  # SimpleITK: origin 0 and identity; nibabel: centred on the grid
+    assert not np.allclose(image.GetOrigin(), np.diag([-1.0, -1.0, 1.0]) @ nibabel.load(str(unset)).affine[:3, 3])
+    assert nnunet_ready_ct(unset, image, {}) is None
