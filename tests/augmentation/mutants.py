@@ -231,8 +231,15 @@ class _SourceFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(compile(self.source, str(self.path), "exec"), module.__dict__)
 
 
+# The top-level folders that pyproject.toml installs as sub-packages of nnunet_ctorg ([tool.setuptools.package-dir]):
+# their modules are imported under that name, so a mutant must replace that module, not "dataset_conversion.x".
+_INSTALLED_AS = {"dataset_conversion": "nnunet_ctorg.dataset_conversion",
+                 "postprocessing": "nnunet_ctorg.postprocessing", "trainers": "nnunet_ctorg.trainers"}
+
+
 def _module_name(path: str) -> str:
-    return path.removesuffix(".py").replace("/", ".")
+    top, _, rest = path.removesuffix(".py").partition("/")
+    return ".".join(filter(None, (_INSTALLED_AS.get(top, top), rest.replace("/", "."))))
 
 
 def _run_child(target: Callable[[], int], timeout: float, log: Path) -> tuple[str, float]:
