@@ -1,5 +1,6 @@
 """Image input/output helpers: atomic writes and checked reads with SimpleITK."""
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,13 +47,141 @@ def _last_line(error: Exception) -> str:
     return text.splitlines()[-1] if text else "unknown error"
 
 
+# Bytes per voxel of each NIfTI datatype code (nifti1.h; 1 = binary, of bitpix 1, is left out)
+NIFTI_ITEMSIZE = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                  1536: 16, 1792: 16, 2048: 32, 2304: 4}
+_INFLATE_CHUNK = 1 << 20  # compressed bytes read at a time, and the most inflated bytes held at a time
+
+
+def _inflated_chunks(f, limit: int | None = None, chunk: int = _INFLATE_CHUNK) -> Iterator[bytes]:
+    """The inflated bytes of the gzip file ``f``, member after member (as bgzip and pigz write), at most ``chunk``
+    at a time (and ``chunk`` compressed bytes read at a time); stops after ``limit`` bytes when given. A stream
+    that ends inside a member raises ``EOFError``; damaged data or a bad CRC, ``zlib.error``. After a complete
+    member, zero padding is skipped and bytes that do not start a member end the stream, as for gzip(1) and
+    SimpleITK."""
+    import zlib
+
+    inflater, member, fed, total, pending = zlib.decompressobj(31), 0, False, 0, b""
+    while True:
+        if not pending:
+            pending = f.read(chunk)
+        if not pending:  # end of file
+            if not fed or inflater.eof:
+                return
+            if out := inflater.flush():  # what the last input still holds
+                yield out
+            if not inflater.eof:
+                raise EOFError("the gzip stream ends inside a member")
+            return
+        if inflater.eof:  # the next member, if any
+            pending = pending.lstrip(b"\0")
+            if not pending:
+                continue
+            inflater, member, fed = zlib.decompressobj(31), member + 1, False
+        try:
+            out = inflater.decompress(pending, chunk if limit is None else min(chunk, limit - total))
+        except zlib.error:
+            if member and not fed:
+                return  # not a gzip member: trailing bytes
+            raise
+        fed = True
+        pending = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+        if out:
+            total += len(out)
+            yield out
+            if limit is not None and total >= limit:
+                return
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Where the voxels of a single-file NIfTI-1 or NIfTI-2 end: the data offset (``vox_offset``, at least the
+    header and its 4 extension bytes, as nibabel and ITK read it; extensions lie below it) plus the voxel
+    bytes. ``None`` when ``header`` is not such a header (a header/image pair, an unknown datatype)."""
+    for order in "<>":
+        sizeof_hdr = int(np.frombuffer(header[:4], f"{order}i4")[0]) if len(header) >= 4 else 0
+        if sizeof_hdr == 348 and len(header) >= 348 and header[344:347] == b"n+1":
+            dim = [int(v) for v in np.frombuffer(header, f"{order}i2", 8, 40)]
+            datatype = int(np.frombuffer(header, f"{order}i2", 1, 70)[0])
+            vox_offset, least = float(np.frombuffer(header, f"{order}f4", 1, 108)[0]), 352
+            break
+        if sizeof_hdr == 540 and len(header) >= 540 and header[4:7] == b"n+2":
+            dim = [int(v) for v in np.frombuffer(header, f"{order}i8", 8, 16)]
+            datatype = int(np.frombuffer(header, f"{order}i2", 1, 12)[0])
+            vox_offset, least = float(np.frombuffer(header, f"{order}i8", 1, 168)[0]), 544
+            break
+    else:
+        return None
+    if (not 1 <= dim[0] <= 7 or min(dim[1:dim[0] + 1]) < 1 or datatype not in NIFTI_ITEMSIZE
+            or not np.isfinite(vox_offset)):
+        return None
+    return max(least, int(vox_offset)) + math.prod(dim[1:dim[0] + 1]) * NIFTI_ITEMSIZE[datatype]
+
+
+def check_nifti_complete(path: str | os.PathLike, what: str = "image") -> int | None:
+    """Raise ``ValueError`` naming ``what`` and ``path`` when a NIfTI file (``.nii``, or any gzip-compressed file
+    holding a NIfTI header) has fewer bytes than its header describes: SimpleITK 2.5 reads a truncated file
+    (a partial download) without a word, the missing voxels 0. Returns the bytes the header describes, or
+    ``None`` for a file that is not a single-file NIfTI (other formats, a header this cannot parse): left to the
+    reader.
+
+    An uncompressed file: its size. A gzip file: its trailer's ISIZE (the last member's size mod 2**32); only when
+    that differs (several members, a damaged file) is the whole stream inflated, counted and dropped. Damage
+    that keeps the size (a flipped bit) is not looked for here."""
+    import zlib
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+        if not gzipped and not path.name.endswith(".nii"):
+            return None
+        f.seek(0)
+        header = b""
+        try:
+            if gzipped:
+                for piece in _inflated_chunks(f, limit=544, chunk=4096):
+                    header += piece
+            else:
+                header = f.read(544)
+        except (EOFError, zlib.error):
+            pass  # not gzip, or a stream that ends inside the header: left to the reader
+        expected = _nifti_data_end(header)
+        if expected is None:
+            return None
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if not gzipped:
+            if size < expected:
+                raise ValueError(f"{what} {path} is truncated or corrupt ({size} bytes, its NIfTI header describes "
+                                 f"{expected})")
+            return expected
+        if size >= 18:
+            f.seek(-4, os.SEEK_END)
+            if int.from_bytes(f.read(4), "little") == expected % 2**32:
+                return expected
+        f.seek(0)  # several members, or damage: count the inflated bytes
+        inflated, problem = 0, None
+        try:
+            for piece in _inflated_chunks(f):
+                inflated += len(piece)
+        except EOFError:
+            problem = "the gzip stream ends early"
+        except zlib.error as e:
+            problem = f"damaged gzip data: {_last_line(e)}"
+    if problem is not None or inflated < expected:
+        raise ValueError(f"{what} {path} is truncated or corrupt ({problem or 'the gzip stream is short'}: "
+                         f"{inflated} bytes inflated, its NIfTI header describes {expected})")
+    return expected
+
+
 def read_image(path: str | os.PathLike, what: str = "image"):
-    """Read an image with SimpleITK; a missing or unreadable file raises one clear error."""
+    """Read an image with SimpleITK; a missing, unreadable or truncated (NIfTI: ``check_nifti_complete``) file
+    raises one clear error."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
+    check_nifti_complete(path, what)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -78,7 +207,8 @@ def _nifti_affine_and_voxels(path: str | os.PathLike) -> tuple[np.ndarray, np.nd
 
     A ``.nii.gz`` is inflated in one call sized by its gzip trailer (CRC checked by zlib, without holding the GIL)
     and unscaled voxels are used where they lie in the inflated bytes: about twice as fast as nibabel's stream of
-    small gzip reads into a second buffer."""
+    small gzip reads into a second buffer. A stream that ends early, damaged data or fewer bytes than the header
+    describes raise ``zlib.error`` or ``EOFError``."""
     import gzip
     import zlib
 
@@ -100,6 +230,9 @@ def _nifti_affine_and_voxels(path: str | os.PathLike) -> tuple[np.ndarray, np.nd
         raw = gzip.decompress(packed)
         nii = klass.from_bytes(raw)
         proxy = nii.dataobj
+        if len(raw) < proxy.offset + count * proxy.dtype.itemsize:
+            raise EOFError(f"the gzip stream holds {len(raw)} bytes, its NIfTI header describes "
+                           f"{proxy.offset + count * proxy.dtype.itemsize}")
     if proxy.slope != 1 or proxy.inter != 0:
         return nii.affine, np.asanyarray(proxy)  # nibabel's scaling and its output type
     return nii.affine, np.frombuffer(raw, proxy.dtype, count, proxy.offset).reshape(proxy.shape, order=proxy.order)
@@ -116,14 +249,21 @@ def read_nifti_with_nibabel(path: str | os.PathLike, what: str = "image"):
     correction, about ``s / 2``); a correction above
     ``MAX_DIRECTION_CORRECTION_RAD`` is refused.
     """
+    import zlib
+
     import SimpleITK as sitk
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    expected = check_nifti_complete(path, what)  # a truncated file: before any inflating
     try:
         # scl_slope / scl_inter applied like SimpleITK; the affine is nibabel's choice: sform if its code is set,
         # else qform
         affine, data = _nifti_affine_and_voxels(path)
     except Exception as e:  # nibabel raises many types for broken files
-        raise ValueError(f"{what} {path} cannot be read by SimpleITK nor nibabel ({_last_line(e)})") from None
+        damaged = expected is not None and isinstance(e, (zlib.error, EOFError))  # a NIfTI header, then bad data
+        problem = "is truncated or corrupt" if damaged else "cannot be read by SimpleITK nor nibabel"
+        raise ValueError(f"{what} {path} {problem} ({_last_line(e)})") from None
     if data.ndim != 3:
         raise ValueError(f"{what}: the image must be 3-D, got shape {data.shape}")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -342,6 +343,26 @@ def test_corrupt_mask_is_reported_by_case_with_threads(totalseg_dir, nnunet_env,
     out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 25)
     assert "totalseg_s0001" in json.loads((out / "conversion_summary.json").read_text())["failed"]
     assert not list(out.rglob("totalseg_s0001*")) and (out / "labelsTr" / "totalseg_s0000.nii.gz").is_file()
+
+
+def test_truncated_mask_fails_its_case_in_one_line_naming_case_and_mask(totalseg_dir, nnunet_env):
+    """A partial download (as v1's s0864, issue #92): SimpleITK reads the cut file without an error, the missing
+    voxels 0; the converter reports the case and the file, and converts the other cases."""
+    liver = totalseg_dir / "s0001" / "segmentations" / "liver.nii.gz"
+    whole = sitk.GetArrayFromImage(sitk.ReadImage(str(liver)))
+    packed = liver.read_bytes()
+    liver.write_bytes(packed[: len(packed) * 6 // 10])
+    silently = sitk.GetArrayFromImage(sitk.ReadImage(str(liver)))
+    assert whole.any() and np.count_nonzero(silently) < np.count_nonzero(whole)  # why the check exists
+    message = rf"^TotalSegmentator case s0001: mask liver {liver} is truncated or corrupt \(the gzip stream ends early"
+    with pytest.raises(ValueError, match=message):
+        convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 27, strict=True)
+    out = convert_totalseg_dataset(totalseg_dir, nnunet_env / "nnUNet_raw", 27)
+    failed = json.loads((out / "conversion_summary.json").read_text())["failed"]
+    assert list(failed) == ["totalseg_s0001"] and "\n" not in failed["totalseg_s0001"]
+    assert re.match(message, failed["totalseg_s0001"])
+    assert not list(out.rglob("totalseg_s0001*"))
+    assert sorted(p.name for p in out.glob("labelsT*/*")) == [f"totalseg_s000{k}.nii.gz" for k in (0, 2, 3)]
 
 
 def test_binary_check_and_painting_agree_with_unique_and_a_boolean_index():
