@@ -287,6 +287,8 @@ def test_copies_that_disagree_are_flagged_not_merged(shared_scan, capsys):
     out = merge_datasets([61, 62], raw, 73, "MergedFlag", "background", progress=True)
     printed = capsys.readouterr().out
     assert "flagged: ctorg_001 and abdomenct1k_00001 are one scan but disagree" in printed
+    assert ("duplicates (union): 1 pair(s) of one scan; 0 copy(ies) merged into 0 case(s), 0 dropped, 1 kept in the "
+            "fold of their copy, 1 flagged") in printed
     assert sorted(p.name[:-7] for p in (out / "labelsTr").iterdir()) == ["abdomenct1k_00001", "ctorg_001"]
     summary = json.loads((out / "conversion_summary.json").read_text())["duplicates"]
     assert summary["merged"] == {} and summary["same_fold"] == {"ctorg_001": ["abdomenct1k_00001"]}
@@ -391,6 +393,24 @@ def test_union_rules_priority_conflicts_partial_and_slices():
     out, merged = union_labels(labels, record, full, (slice(0, 4),) + region[1:], whole, ())
     assert np.array_equal(out, labels) and merged["duplicates"][0]["shared_organs_from"] == "totalseg"
     assert merged["annotated"] == [1, 5, 7] and merged["partial"] == [7] and "annotated_slices" not in merged
+    # a copy that holds fewer voxels along the last axis: the slab is along that axis
+    _, merged = union_labels(labels, record, np.zeros((4, 3, 2), np.uint8), (slice(0, 4), slice(0, 3), slice(1, 3)),
+                             copy, ())
+    assert merged["annotated_slices"] == {"7": {"axis": 2, "range": [1, 3]}}
+
+
+def test_ignore_slab_only_when_every_missing_organ_has_one():
+    from nnunet_ctorg.dataset_conversion.merge import _ignore_unknown
+
+    hu = np.full((6, 12, 12), -1000, np.int16)
+    hu[:, 2:10, 2:10] = 40  # a body
+    labels = np.zeros(hu.shape, np.uint8)
+    image = _image(hu)
+    slab = {"7": {"axis": 0, "range": [2, 4]}}
+    out, _ = _ignore_unknown(labels, image, [7], 9, {}, slab)
+    assert (out[2:4] == 0).all() and (out[[0, 1, 4, 5]][:, 2:10, 2:10] == 9).all()
+    out, _ = _ignore_unknown(labels, image, [7, 8], 9, {}, slab)  # organ 8 is unknown everywhere
+    assert (out[:, 2:10, 2:10] == 9).all() and (out[:, :2] == 0).all()
 
 
 def test_a_test_case_is_the_copy_kept_and_gets_the_training_copys_labels(shared_scan):
