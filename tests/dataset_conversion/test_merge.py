@@ -165,3 +165,13 @@ def test_merged_dataset_with_ignore_label_passes_nnunet_verify_dataset_integrity
                            "--verify_dataset_integrity", "--no_pp", "-npfp", "1"],
                           env=dict(os.environ), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_a_fold_group_across_sources_stays_in_one_fold():
+    """Copies of one scan kept by `--duplicates same_fold` (or flagged) come from two sources: one fold holds both."""
+    records = {f"{source}_{i:03d}": {"source": source} for source in ("ctorg", "abdomenct1k") for i in range(10)}
+    records["ctorg_003"]["fold_group"] = records["abdomenct1k_005"]["fold_group"] = "same scan as ctorg_003"
+    folds = stratified_folds(records)
+    holding = [k for k, fold in enumerate(folds) if {"ctorg_003", "abdomenct1k_005"} & set(fold["val"])]
+    assert len(holding) == 1 and {"ctorg_003", "abdomenct1k_005"} <= set(folds[holding[0]]["val"])
+    assert sorted(c for fold in folds for c in fold["val"]) == sorted(records)
