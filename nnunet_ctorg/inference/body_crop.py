@@ -26,6 +26,8 @@ class BodyCropSettings:
     soft_low_hu: float = -200.0
     soft_high_hu: float = 250.0
     depth_mm: float = 8.0
+    # chunked prediction: run only the tiles a voxel of the (widened) body mask needs, not all those of its box
+    skip_tiles_outside_mask: bool = True
 
     def __post_init__(self) -> None:
         if not self.low_hu < self.high_hu:
@@ -92,25 +94,82 @@ def body_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: f
     return tuple(box)
 
 
-def body_crop_box(hu: np.ndarray, spacing, axial: int, ap: int, settings: BodyCropSettings,
-                  what: str = "image", resolution_mm: float = 4.0) -> tuple[slice, ...]:
-    """One box around the body of the whole scan, for the chunked predictor; the whole array if none is found.
+@dataclass(frozen=True)
+class BodyRegion:
+    """The body of a scan on a coarse grid, for the chunked predictor: which tiles to run and which labels to keep.
+
+    ``mask``: the body contour of the scan sampled every ``steps`` voxels (array axes), widened by the margin;
+    coarse voxel ``c`` stands for the original voxels ``[c * step, (c + 1) * step)``. ``shape``: the original
+    array's; ``box``: one box around the body with the margin (slices of the original array).
+    """
+
+    mask: np.ndarray
+    steps: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    box: tuple[slice, slice, slice]
+
+    def __post_init__(self) -> None:
+        # summed-area table of the mask, zero-padded in front: any voxel in a box is a difference of eight sums
+        table = np.zeros(tuple(n + 1 for n in self.mask.shape), np.int64)
+        table[1:, 1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
+        object.__setattr__(self, "_table", table)
+
+    def any_in(self, ranges) -> bool:
+        """Whether a body voxel lies in the original voxels ``[a, b)`` per array axis (``ranges``)."""
+        lo, hi = [], []
+        for (a, b), s, n in zip(ranges, self.steps, self.mask.shape):
+            a, b = max(int(a), 0), min(int(b), self.shape[len(lo)])
+            if a >= b:
+                return False
+            lo.append(min(a // s, n))
+            hi.append(min((b - 1) // s + 1, n))
+        t = self._table
+        total = 0
+        for corner in range(8):
+            index = tuple(hi[d] if corner >> d & 1 else lo[d] for d in range(3))
+            total += (-1) ** (3 - bin(corner).count("1")) * int(t[index])
+        return total > 0
+
+    def region(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        """Boolean body mask of the original voxels ``index`` (three slices with start and stop)."""
+        coarse = [np.minimum(np.arange(sl.start, sl.stop) // s, n - 1)
+                  for sl, s, n in zip(index, self.steps, self.mask.shape)]
+        return self.mask[np.ix_(*coarse)]
+
+
+def body_region(hu: np.ndarray, spacing, axial: int, ap: int, settings: BodyCropSettings, what: str = "image",
+                resolution_mm: float = 4.0) -> BodyRegion | None:
+    """The body of the whole scan for the chunked predictor; ``None`` (and a warning) if no body is found.
 
     The body mask is computed once, on the scan sampled every ``resolution_mm`` (so all chunks agree and it
-    costs little RAM); the box gets ``settings.margin_mm``. No body: a warning, and the whole array.
+    costs little RAM), and widened by ``settings.margin_mm`` (a Euclidean distance in mm); the box gets the
+    same margin per axis.
     """
     import warnings
 
-    steps = [max(1, int(resolution_mm // s)) for s in spacing]
+    import edt
+
+    steps = tuple(max(1, int(resolution_mm // s)) for s in spacing)
     low = np.asarray(hu[::steps[0], ::steps[1], ::steps[2]])
     low_spacing = tuple(s * k for s, k in zip(spacing, steps))
-    box = body_box(body_contour(low, low_spacing, axial, ap, settings), low_spacing, settings.margin_mm)
+    mask = body_contour(low, low_spacing, axial, ap, settings)
+    box = body_box(mask, low_spacing, settings.margin_mm)
     if box is None:
         warnings.warn(f"{what}: no body found (no part with {settings.min_part_ml:g} ml of soft tissue between "
                       f"{settings.soft_low_hu:g} and {settings.soft_high_hu:g} HU); predicting without the body crop",
                       stacklevel=2)
-        return tuple(slice(0, n) for n in hu.shape)
-    return tuple(slice(b.start * k, min(b.stop * k, n)) for b, k, n in zip(box, steps, hu.shape))
+        return None
+    widened = edt.edt(~mask, anisotropy=low_spacing, black_border=False) <= settings.margin_mm
+    shape = tuple(int(n) for n in hu.shape)
+    box = tuple(slice(b.start * k, min(b.stop * k, n)) for b, k, n in zip(box, steps, shape))
+    return BodyRegion(widened, steps, shape, box)
+
+
+def body_crop_box(hu: np.ndarray, spacing, axial: int, ap: int, settings: BodyCropSettings,
+                  what: str = "image", resolution_mm: float = 4.0) -> tuple[slice, ...]:
+    """The box of :func:`body_region`; the whole array (and a warning) if no body is found."""
+    region = body_region(hu, spacing, axial, ap, settings, what, resolution_mm)
+    return tuple(slice(0, n) for n in hu.shape) if region is None else region.box
 
 
 def image_axes(image) -> tuple[int, int]:

@@ -82,8 +82,8 @@ class CasePlan:
     grid padded to the patch as nnU-Net pads it).
 
     ``starts``/``tile``: the distinct starts of nnU-Net's tile rows along ``grid.k`` and the tile length;
-    ``rows``: per row, the tiles to run as (position in nnU-Net's loop, slicer), tiles off the body box left
-    out; ``n_tiles``: the tiles of nnU-Net's whole-scan grid; ``chunks``: the ``[first, stop)`` rows of each
+    ``rows``: per row, the tiles to run as (position in nnU-Net's loop, slicer), tiles that no body voxel's
+    export reads left out; ``n_tiles``: the tiles of nnU-Net's whole-scan grid; ``chunks``: the ``[first, stop)`` rows of each
     chunk; ``reads``: per original (cropped) slice along ``grid.k``, the unpadded network slices ``[a, b)``
     its export reads.
     """
@@ -136,22 +136,50 @@ class CasePlan:
         return complete_until(self.starts, self.padded[self.k], chunk[1])
 
 
-def plan_case(predictor, grid: NetworkGrid, body_box, resampling: dict) -> CasePlan:
+def export_reads(grid: NetworkGrid, axis: int, resampling: dict) -> np.ndarray:
+    """Per original (cropped) slice across transposed ``axis``, the unpadded network slices ``[a, b)`` its
+    export reads."""
+    exporter = grid.export_resampler(axis, resampling)
+    return np.array([exporter.source_range(o, o + 1) for o in range(grid.crop_t[axis])]).reshape(-1, 2)
+
+
+def body_reaches_tile(grid: NetworkGrid, pad_below, reads: list[np.ndarray], body, slicer) -> bool:
+    """Whether the export of a voxel of ``body`` (a :class:`~nnunet_ctorg.inference.body_crop.BodyRegion`) reads
+    a network voxel of the tile ``slicer``; ``reads``: :func:`export_reads` per transposed axis.
+
+    The export is separable: a voxel reads the product of its ranges along the axes, and the voxels whose range
+    along an axis meets the tile's form one run of slices (the ranges grow monotonically).
+    """
+    ranges = [None] * 3
+    for d in range(3):
+        a, b = axis_range(slicer, d)
+        a, b = a - pad_below[d], b - pad_below[d]
+        first = int(np.searchsorted(reads[d][:, 1], a, side="right"))  # first slice reading beyond a
+        stop = int(np.searchsorted(reads[d][:, 0], b, side="left"))  # first slice reading from b on
+        if first >= stop:
+            return False
+        ranges[grid.tf[d]] = (first + grid.bbox_t[d][0], stop + grid.bbox_t[d][0])
+    return body.any_in(ranges)
+
+
+def plan_case(predictor, grid: NetworkGrid, body_box, resampling: dict, body=None) -> CasePlan:
     """The plan of one chunk holding every row, on the tile grid ``predictor`` (an ``nnUNetPredictor``) lays
     out for the whole padded scan; without chunks where ``body_box`` misses nnU-Net's crop (nothing to run).
-    ``resampling``: the export's (:func:`~nnunet_ctorg.inference.slab_resampling.resampling_kind`)."""
+    ``resampling``: the export's (:func:`~nnunet_ctorg.inference.slab_resampling.resampling_kind`); ``body``: a
+    :class:`~nnunet_ctorg.inference.body_crop.BodyRegion` whose voxels alone need their tiles (``None``: those
+    of ``body_box``)."""
     padded, pad_below = padding_to_patch(grid.net, predictor.configuration_manager.patch_size)
     slicers = predictor._internal_get_sliding_window_slicers(padded)
     starts, tile = tile_rows(slicers, grid.k)
     keep = body_box_network_ranges(grid, pad_below, body_box, resampling)
     if keep is None:  # nothing to run, nothing to export
         return CasePlan(grid, padded, pad_below, starts, tile, ((),) * len(starts), len(slicers), (), np.zeros((0, 2)))
+    reads = [export_reads(grid, d, resampling) for d in range(3)]
     row_of = {int(s): i for i, s in enumerate(starts)}
     rows: list[list[tuple]] = [[] for _ in starts]
     for i, s in enumerate(slicers):
-        if all(axis_range(s, d)[0] < keep[d][1] and axis_range(s, d)[1] > keep[d][0] for d in range(3)):
+        if all(axis_range(s, d)[0] < keep[d][1] and axis_range(s, d)[1] > keep[d][0] for d in range(3)) and (
+                body is None or body_reaches_tile(grid, pad_below, reads, body, s)):
             rows[row_of[axis_range(s, grid.k)[0]]].append((i, s))
-    exporter = grid.export_resampler(grid.k, resampling)
-    reads = np.array([exporter.source_range(o, o + 1) for o in range(grid.crop_t[grid.k])])
     return CasePlan(grid, padded, pad_below, starts, tile, tuple(tuple(r) for r in rows), len(slicers),
-                    ((0, len(starts)),), reads)
+                    ((0, len(starts)),), reads[grid.k])

@@ -130,8 +130,9 @@ class LogitSums:
 def export_bytes_per_voxel(heads: int, probabilities: bool) -> float:
     """Bytes an export block holds per original voxel: two float64 steps of one class, its float16 result, the
     running maximum and its class; with probabilities every class's float16 result, their float32 copy and
-    softmax, their transposed copy, and the writer's float32 slab and its box-cleared copy."""
-    return 16.0 + 2.0 + 2.0 + 1.0 + (heads * (2.0 + 4.0 + 4.0 + 4.0 + 8.0) if probabilities else 0.0)
+    softmax, their transposed copy, and the writer's float32 slab and its box-cleared copy; the body mask of the
+    block, where labels outside the body are cleared."""
+    return 16.0 + 2.0 + 2.0 + 1.0 + 1.0 + (heads * (2.0 + 4.0 + 4.0 + 4.0 + 8.0) if probabilities else 0.0)
 
 
 class SliceExport:
@@ -139,12 +140,15 @@ class SliceExport:
     it reads are complete: nnU-Net's probability resampling, then the argmax into ``out`` (uint8 labels of the
     whole array, or a streamed writer); with ``probabilities`` (a
     :class:`~nnunet_ctorg.inference.probability_export.ProbabilityWriter`) nnU-Net's ``--save_probabilities``
-    path: the softmax goes there and the labels are its argmax. Blocks of about ``block_bytes``.
+    path: the softmax goes there and the labels are its argmax. Blocks of about ``block_bytes``. ``body``: a
+    :class:`~nnunet_ctorg.inference.body_crop.BodyRegion` outside which the labels are background (and the
+    probabilities 1 for class 0): only its voxels got all their tiles.
     """
 
     def __init__(self, plan: CasePlan, resampling: dict, out, probabilities, label_manager,
-                 block_bytes: int) -> None:
+                 block_bytes: int, body=None) -> None:
         self.plan, self.out, self.probabilities, self.label_manager = plan, out, probabilities, label_manager
+        self.body = body
         self.resampler = plan.grid.export_resampler(plan.k, resampling)
         per_voxel = export_bytes_per_voxel(label_manager.num_segmentation_heads, probabilities is not None)
         self.slices_per_block = max(int(block_bytes / (per_voxel * plane_voxels(plan.grid.bbox_t, plan.k))), 1)
@@ -214,6 +218,7 @@ class SliceExport:
         tb = grid.tb
         index = [slice(*grid.bbox_t[tb[j]]) for j in range(3)]
         index[tb.index(k)] = slice(grid.bbox_t[k][0] + o_lo, grid.bbox_t[k][0] + o_hi)
+        outside = None if self.body is None else ~self.body.region(tuple(index))
         if self.probabilities is not None:  # nnU-Net's calls: softmax in float32, then the argmax of the probabilities
             lm = self.label_manager
             stacked = np.stack(channels)
@@ -221,6 +226,13 @@ class SliceExport:
             probs = lm.apply_inference_nonlin(stacked)
             del stacked
             best_class = lm.convert_probabilities_to_segmentation(probs).numpy().astype(out.dtype)
-            self.probabilities[tuple(index)] = probs.numpy().transpose([0, *[d + 1 for d in tb]])
+            probs = probs.numpy().transpose([0, *[d + 1 for d in tb]])
+            if outside is not None:
+                probs[:, outside] = 0
+                probs[0, outside] = 1
+            self.probabilities[tuple(index)] = probs
             del probs
-        out[tuple(index)] = best_class.transpose(tb)
+        labels = best_class.transpose(tb)
+        if outside is not None:
+            labels[outside] = 0
+        out[tuple(index)] = labels

@@ -4,8 +4,8 @@ A CT is processed in chunks along its cranio-caudal axis, and every step is the 
 ``nnUNetv2_predict`` restricted to the chunk. Per case, :class:`ChunkedPredictor` coordinates:
 
 1. the plan (:mod:`.case_plan`): the case's network grid (nnU-Net's crop to the whole scan's non-zero voxels,
-   its transposed axes, its resampled shape), nnU-Net's tile grid of the *whole* padded scan, the tiles a body
-   box keeps, the chunks of tile rows (from ``chunk_mm`` and the RAM/GPU budgets, :meth:`estimate_bytes`) and
+   its transposed axes, its resampled shape), nnU-Net's tile grid of the *whole* padded scan, the tiles the
+   body needs (those a body voxel's export reads), the chunks of tile rows (from ``chunk_mm`` and the RAM/GPU budgets, :meth:`estimate_bytes`) and
    the network slices each original slice's export reads;
 2. per chunk, the steps (:mod:`.chunk_preprocessing`, :mod:`.chunk_steps`): its network input (nnU-Net's
    normalisation and resampling at the whole scan's sample positions, from slabs with margins), nnU-Net's
@@ -66,7 +66,8 @@ class CaseOutputs:
     """Where one case's prediction goes: ``labels`` (an array, or a streamed
     :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter`), nnU-Net's class ``probabilities`` (a
     :class:`~nnunet_ctorg.inference.probability_export.ProbabilityWriter`) if wanted, the ``body_box`` outside
-    which the labels are background, what the case holds outside the chunks (``volume_bytes``, counted by the
+    which the labels are background, the ``body`` (a :class:`~nnunet_ctorg.inference.body_crop.BodyRegion`)
+    outside which they are background too (``None``: the whole box counts), what the case holds outside the chunks (``volume_bytes``, counted by the
     RAM budget), its name in messages and whether to show progress."""
 
     labels: object
@@ -75,6 +76,7 @@ class CaseOutputs:
     volume_bytes: int = 0
     what: str = "case"
     progress: bool = False
+    body: object = None
 
 
 class ChunkedPredictor(ChunkBudgets):
@@ -171,26 +173,32 @@ class ChunkedPredictor(ChunkBudgets):
         if streamed and (axial != 0 or tuple(out.shape) != tuple(hu.shape)):
             raise ValueError(f"{what}: labels are streamed along array axis 0 of the CT's shape only")
         labels = out if streamed else np.zeros(hu.shape, dtype=self.label_dtype)
-        box = None
+        box = body = None
         if self.body_crop is not None:
-            from nnunet_ctorg.inference.body_crop import body_crop_box
+            from nnunet_ctorg.inference.body_crop import body_region
 
-            box = body_crop_box(hu, spacing, axial, ap, self.body_crop, what)
+            body = body_region(hu, spacing, axial, ap, self.body_crop, what)
+            box = tuple(slice(0, n) for n in hu.shape) if body is None else body.box
+            if not self.body_crop.skip_tiles_outside_mask:
+                body = None
         # the CT (unless read slab by slab), its labels and the label image written (unless streamed)
         volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2 * (not streamed))
         self.predict_array(hu, spacing, axial, labels, progress=progress, what=what, volume_bytes=volume_bytes,
-                           body_box=box, probabilities=probabilities)
+                           body_box=box, probabilities=probabilities, body=body)
         return None if streamed else labels
 
     # --- the chunked whole-scan computation ----------------------------------------------------------
 
     def predict_array(self, hu: np.ndarray, spacing, axial: int, out: np.ndarray, *, progress: bool = False,
                       what: str = "image", volume_bytes: int | None = None, body_box: tuple | None = None,
-                      probabilities=None) -> None:
+                      probabilities=None, body=None) -> None:
         """Write nnU-Net's labels of the CT array ``hu`` (any array order, ``axial`` its chunk axis) into ``out``.
 
         ``body_box`` (slices of ``hu``): only the tiles that reach the network voxels this box's export
-        reads are run; inside the box the labels are those of the whole scan, outside it background.
+        reads are run; inside the box the labels are those of the whole scan, outside it background. ``body``
+        (a :class:`~nnunet_ctorg.inference.body_crop.BodyRegion` of ``hu``, inside the box): only the tiles that
+        reach the network voxels its voxels' export reads are run; the labels of its voxels are those of the
+        whole scan, all others background.
         ``volume_bytes``: what the case holds outside the chunks (default: ``hu``, ``out`` and a label
         image); the RAM budget counts it. The chunks used are left in ``self.last_chunks`` (tile rows), the
         clip range of the image resampling (normalised; ``None`` where no clip reaches across chunks) in
@@ -211,7 +219,7 @@ class ChunkedPredictor(ChunkBudgets):
         self.last_clip_range = slices.clip
         if volume_bytes is None:
             volume_bytes = int(np.prod(out.shape)) * (hu.itemsize + 2)
-        case = CaseOutputs(out, probabilities, body_box, volume_bytes, what, progress)
+        case = CaseOutputs(out, probabilities, body_box, volume_bytes, what, progress, body)
         self._predict_chunks(grid, slices.fill, slices.margin, case)
 
     def predict_preprocessed(self, data, properties: dict, out, *, progress: bool = False, what: str = "case",
@@ -266,7 +274,7 @@ class ChunkedPredictor(ChunkBudgets):
             case.labels.keep_box = case.body_box
         if case.probabilities is not None:
             case.probabilities.keep_box, case.probabilities.axis = case.body_box, grid.tf[grid.k]
-        plan = plan_case(p, grid, case.body_box, self.export_resampling)
+        plan = plan_case(p, grid, case.body_box, self.export_resampling, case.body)
         self.last_tiles = (plan.tiles_run, plan.n_tiles)
         if not plan.chunks:  # the box misses the scan's non-zero voxels
             if not streamed:
@@ -280,7 +288,7 @@ class ChunkedPredictor(ChunkBudgets):
         folds = p.list_of_parameters or [None]  # None: the network's own weights (a trainer's validation)
         sums = LogitSums(len(folds), p.label_manager.num_segmentation_heads, grid.k, sums_device)
         export = SliceExport(plan, self.export_resampling, case.labels, case.probabilities, p.label_manager,
-                             self.export_block_bytes)
+                             self.export_block_bytes, case.body)
         inputs = self._chunk_inputs(plan.chunks, lambda chunk: network_input(plan, chunk, self.n_channels, fill))
         with closing(inputs):
             for chunk, data in tqdm(zip(plan.chunks, inputs), total=len(plan.chunks), desc=f"{case.what} chunks",

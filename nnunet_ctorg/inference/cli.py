@@ -57,10 +57,14 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                              "tiles does not, the sums stay on the CPU while the network runs on the GPU. Default: "
                              "90 %% of the GPU memory free when a case starts")
     parser.add_argument("--body_crop", action="store_true",
-                        help="run only the tiles that one box around the body needs (the box is found once on a "
-                             "4 mm copy of the scan; table, blankets and air stay out): inside the box the labels "
-                             "are exactly those without the crop, outside it background")
+                        help="run only the tiles the body needs (its mask is found once on a 4 mm copy of the scan "
+                             "and widened by --body_margin_mm; table, blankets and air stay out): inside the body "
+                             "the labels are exactly those without the crop, outside it background")
     parser.add_argument("--body_margin_mm", type=float, default=10.0, help="margin around the body in mm (default 10)")
+    parser.add_argument("--body_tiles", choices=["mask", "box"], default="mask",
+                        help="with --body_crop: run the tiles a voxel of the body mask needs (default), or all those "
+                             "of one box around it (more tiles; nnU-Net's labels in the whole box, e.g. between "
+                             "the legs and beside the neck)")
     parser.add_argument("--postprocess", action="store_true",
                         help="organ-aware cleanup of the labels (nnunet_ctorg_postprocess's default rules)")
     parser.add_argument("--preview", action="store_true", help="also write previews/CASE.png")
@@ -87,7 +91,8 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
             model = Path(get_output_folder(args.d, args.tr, args.p, args.c))
         chunk_mm = "auto" if args.chunk_mm is None else (args.chunk_mm or None)
         chunks = ChunkSettings(chunk_mm=chunk_mm, max_ram_gb=args.max_ram_gb, max_gpu_gb=args.max_gpu_gb)
-        body = BodyCropSettings(margin_mm=args.body_margin_mm) if args.body_crop else None
+        body = BodyCropSettings(margin_mm=args.body_margin_mm, skip_tiles_outside_mask=args.body_tiles == "mask") \
+            if args.body_crop else None
         folds = None if args.f == ["auto"] else args.f
         if args.device == "cuda":
             import torch

@@ -6,9 +6,11 @@ import SimpleITK as sitk
 
 from nnunet_ctorg.inference.body_crop import (
     BodyCropSettings,
+    BodyRegion,
     body_box,
     body_contour,
     body_crop_box,
+    body_region,
     crop_image_to_body,
     image_axes,
     uncrop_image,
@@ -88,6 +90,40 @@ def test_body_box_holds_the_body_and_its_margin_and_warns_without_a_body():
     with pytest.warns(UserWarning, match="case3: no body found"):
         whole = body_crop_box(np.full((20, 30, 30), -1000, np.int16), (2.0, 2.0, 2.0), 0, 1, settings, "case3")
     assert whole == (slice(0, 20), slice(0, 30), slice(0, 30))
+
+
+def test_body_region_is_the_contour_widened_by_the_margin_in_mm():
+    zz, yy, xx = np.mgrid[:100, :100, :100] * 2.0  # 2 mm voxels; the region is found on a 4 mm copy
+    hu = np.full((100, 100, 100), -1000, np.int16)
+    hu[(zz - 60) ** 2 + (yy - 90) ** 2 + (xx - 100) ** 2 <= 30 ** 2] = 40  # a 6 cm ball of soft tissue
+    region = body_region(hu, (2.0, 2.0, 2.0), 0, 1, BodyCropSettings(margin_mm=12))
+    assert region.steps == (2, 2, 2) and region.shape == (100, 100, 100)
+    mask = region.region(tuple(slice(0, 100) for _ in range(3)))
+    distance = np.sqrt((zz - 60) ** 2 + (yy - 90) ** 2 + (xx - 100) ** 2)
+    assert np.all(mask[distance <= 30 + 8])  # the ball and most of the margin (the 4 mm grid rounds)
+    assert not np.any(mask[distance > 30 + 12 + 2 * np.sqrt(3) * 2])  # nothing beyond margin + a coarse voxel
+    assert 0.5 < np.mean(mask[(distance > 30) & (distance <= 42)]) < 1  # the margin is a distance, not a box
+    inside_box = np.zeros(mask.shape, bool)
+    inside_box[region.box] = True
+    assert np.all(inside_box[mask]) and not np.all(mask[inside_box])
+
+
+def test_body_region_answers_any_in_and_region_as_its_upsampled_mask():
+    rng = np.random.default_rng(3)
+    coarse = rng.random((6, 5, 7)) < 0.05
+    region = BodyRegion(coarse, (2, 3, 1), (11, 15, 7), (slice(0, 11), slice(0, 15), slice(0, 7)))
+    full = np.repeat(np.repeat(coarse, 2, 0)[:11], 3, 1)  # coarse voxel c: original voxels [c * step, (c + 1) * step)
+    assert np.array_equal(region.region((slice(0, 11), slice(0, 15), slice(0, 7))), full)
+    assert np.array_equal(region.region((slice(3, 9), slice(4, 5), slice(2, 6))), full[3:9, 4:5, 2:6])
+    for _ in range(300):
+        ranges = [tuple(sorted(rng.integers(-2, n + 3, 2))) for n in full.shape]
+        clipped = tuple(slice(max(a, 0), max(min(b, n), 0)) for (a, b), n in zip(ranges, full.shape))
+        assert region.any_in(ranges) == bool(full[clipped].any()), ranges
+    single = np.zeros((6, 5, 7), bool)
+    single[5, 4, 6] = True  # the last coarse voxel: original voxels [10, 11) x [12, 15) x [6, 7)
+    corner = BodyRegion(single, (2, 3, 1), (11, 15, 7), region.box)
+    assert corner.any_in([(10, 11), (14, 15), (6, 7)]) and not corner.any_in([(9, 10), (0, 15), (0, 7)])
+    assert not corner.any_in([(0, 11), (0, 12), (0, 7)]) and not corner.any_in([(0, 11), (0, 15), (0, 6)])
 
 
 def test_no_body_and_oblique_scans_are_clear_errors():

@@ -292,28 +292,79 @@ def test_ram_budget_counts_the_probabilities(real_ct_6mm, tmp_path):
     assert chunked.last_estimate_gb - labels_only > 0.9 * 1.1 * 4 * 22 * 61 * 51 * 112 / 1024**3
 
 
-@pytest.mark.parametrize("plans, tiles_run", [(standin_plans(spacing=(4.0, 3.0, 3.0), patch=(16, 32, 32)), 1512 / 1701),
+@pytest.mark.parametrize("plans, box_tiles", [(standin_plans(spacing=(4.0, 3.0, 3.0), patch=(16, 32, 32)), 1512 / 1701),
                                               (standin_plans(spacing=(5.0, 4.0, 4.0), patch=(16, 24, 24)), 1224 / 1377),
                                               (standin_plans(spacing=(6.0, 6.0), patch=(32, 32)), 1.0)],
                          ids=["model spacing", "cubic resampling", "2-D"])
-def test_body_crop_gives_the_whole_scans_labels_inside_the_body_box(phantom, plans, tiles_run):
-    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_crop_box
+def test_body_crop_gives_the_whole_scans_labels_inside_the_body(phantom, plans, box_tiles):
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_region
     from nnunet_ctorg.phantoms import generate_phantom
 
     image = phantom.to_sitk(phantom.ct)
     predictor = standin_predictor(plans)
     whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60)).predict_image(image)
-    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), BodyCropSettings())
-    cropped = chunked.predict_image(image)
-    box = body_crop_box(phantom.ct, image.GetSpacing()[::-1], 0, 1, BodyCropSettings())
-    inside = np.zeros(whole.shape, bool)
-    inside[box] = True
-    assert np.array_equal(cropped[inside], whole[inside]) and not cropped[~inside].any()
-    assert chunked.last_tiles[0] / chunked.last_tiles[1] == pytest.approx(tiles_run)  # tiles off the body: not run
-    assert np.all(inside[phantom.structures > 0])
+    body = body_region(phantom.ct, image.GetSpacing()[::-1], 0, 1, BodyCropSettings())
+    in_box = np.zeros(whole.shape, bool)
+    in_box[body.box] = True
+    in_body = body.region(tuple(slice(0, n) for n in whole.shape))
+    assert np.all(in_body[phantom.structures > 0]) and np.all(in_box[in_body]) and not np.all(in_body[in_box])
+    tiles = {}
+    for mask in (False, True):
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), BodyCropSettings(skip_tiles_outside_mask=mask))
+        cropped = chunked.predict_image(image)
+        inside = in_body if mask else in_box
+        assert np.array_equal(cropped[inside], whole[inside]) and not cropped[~inside].any(), mask
+        tiles[mask] = chunked.last_tiles
+    assert tiles[False][0] / tiles[False][1] == pytest.approx(box_tiles)  # tiles off the body box: not run
+    assert tiles[True][0] <= tiles[False][0] and tiles[True][1] == tiles[False][1]
     no_table = generate_phantom(seed=7, fov="thorax_abdomen", spacing=(3.0, 3.0, 4.0), table=False)
     table = (phantom.ct != no_table.ct) & (whole > 0)  # table voxels the stand-in labels without the crop
     assert table.any() and np.count_nonzero(cropped[table]) < 0.5 * np.count_nonzero(table)
+
+
+@pytest.fixture(scope="module")
+def head_knee_6mm():
+    """A head-to-knee phantom with arms at the sides and the exam table, 6 mm voxels (210 x 97 x 97)."""
+    from nnunet_ctorg.phantoms import generate_phantom
+
+    ph = generate_phantom(seed=3, fov="head_knee", spacing=(6.0, 6.0, 6.0))
+    return ph.to_sitk(ph.ct)
+
+
+@pytest.mark.parametrize("scan", ["head-to-knee phantom, arms, table", "real CT"])
+def test_only_the_bodys_tiles_run_and_the_body_keeps_the_whole_scans_labels(scan, head_knee_6mm, real_ct_6mm,
+                                                                             tmp_path):
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_region
+    from nnunet_ctorg.inference.probability_export import ProbabilityWriter
+
+    image = head_knee_6mm if scan.startswith("head") else real_ct_6mm
+    hu = sitk.GetArrayViewFromImage(image)
+    predictor = standin_predictor(standin_plans(spacing=(5.0, 4.0, 4.0), patch=(16, 24, 24)))
+    whole_writer = ProbabilityWriter(tmp_path / "whole", len(LABELS), hu.shape)
+    whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=120)).predict_image(image, probabilities=whole_writer)
+    whole_writer.close({})
+    body = body_region(hu, image.GetSpacing()[::-1], 0, 1, BodyCropSettings())
+    in_body = body.region(tuple(slice(0, n) for n in hu.shape))
+    in_box = np.zeros(hu.shape, bool)
+    in_box[body.box] = True
+    assert whole[in_box & ~in_body].any()  # the stand-in labels voxels of the box outside the body
+    runs = {}
+    for mask in (False, True):
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=120), BodyCropSettings(skip_tiles_outside_mask=mask))
+        writer = ProbabilityWriter(tmp_path / f"mask_{mask}", len(LABELS), hu.shape)
+        labels = chunked.predict_image(image, probabilities=writer)
+        writer.close({})
+        runs[mask] = chunked.last_tiles, labels, np.load(tmp_path / f"mask_{mask}.npz")["probabilities"]
+    (box_tiles, n_tiles), boxed, _ = runs[False]
+    (mask_tiles, _), labels, probabilities = runs[True]
+    assert np.array_equal(boxed[in_box], whole[in_box])
+    assert np.array_equal(labels[in_body], whole[in_body]) and not labels[~in_body].any()
+    reference = np.load(tmp_path / "whole.npz")["probabilities"]
+    assert np.array_equal(probabilities[:, in_body], reference[:, in_body])
+    assert np.all(probabilities[0][~in_body] == 1) and not probabilities[1:][:, ~in_body].any()
+    assert mask_tiles <= box_tiles <= n_tiles  # the real CT's abdomen fills its field of view: every tile runs
+    if scan.startswith("head"):  # arms, legs apart, neck: a box around them holds many tiles of air alone
+        assert mask_tiles < 0.8 * box_tiles < 0.8 * n_tiles
 
 
 def test_body_box_runs_every_tile_of_the_network_voxels_its_export_reads():
@@ -523,6 +574,32 @@ def test_one_chunk_and_many_are_exactly_nnunets_prediction(tiny_model):
     assert np.array_equal(ours, theirs) and np.array_equal(in_chunks, theirs)
     with pytest.raises(FileNotFoundError, match=r"no checkpoint_final.pth for fold\(s\) 3 \(available: 0\)"):
         load_predictor(tiny_model, [0, 3])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scan", ["head-to-knee phantom, arms, table", "real CT"])
+def test_a_trained_model_keeps_nnunets_labels_in_the_body_with_its_tiles_only(tiny_model, head_knee_6mm,
+                                                                               real_ct_6mm, scan):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_region
+    from nnunet_ctorg.inference.folder_prediction import load_predictor
+
+    image = head_knee_6mm if scan.startswith("head") else real_ct_6mm
+    predictor = load_predictor(tiny_model, [0], use_mirroring=False)
+    path = tiny_model.parent / "body_tiles_case_0000.nii.gz"
+    sitk.WriteImage(image, str(path))
+    data, props = SimpleITKIO().read_images([str(path)])
+    theirs = predictor.predict_single_npy_array(data, props)
+    assert np.count_nonzero(theirs) > 1000  # the trained model labels organs here
+    chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=150), BodyCropSettings())
+    ours = chunked.predict_image(image)
+    hu = sitk.GetArrayViewFromImage(image)
+    in_body = body_region(hu, image.GetSpacing()[::-1], 0, 1, BodyCropSettings()).region(
+        tuple(slice(0, n) for n in hu.shape))
+    assert np.array_equal(ours[in_body], theirs[in_body]) and not ours[~in_body].any()
+    # this model's tiles are 256 mm wide: each meets the body (the stand-in tests above skip tiles)
+    assert chunked.last_tiles[0] <= chunked.last_tiles[1]
 
 
 def _peak_rss_of(args: list[str]) -> tuple[float, dict]:
