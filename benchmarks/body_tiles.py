@@ -41,7 +41,6 @@ def main() -> None:
         from cpu_network_options import plan
 
         plans, _ = plan(Path(work), 8)
-    import numpy as np
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager

@@ -83,9 +83,9 @@ class CasePlan:
 
     ``starts``/``tile``: the distinct starts of nnU-Net's tile rows along ``grid.k`` and the tile length;
     ``rows``: per row, the tiles to run as (position in nnU-Net's loop, slicer), tiles that no body voxel's
-    export reads left out; ``n_tiles``: the tiles of nnU-Net's whole-scan grid; ``chunks``: the ``[first, stop)`` rows of each
-    chunk; ``reads``: per original (cropped) slice along ``grid.k``, the unpadded network slices ``[a, b)``
-    its export reads.
+    export reads left out; ``n_tiles``: the tiles of nnU-Net's whole-scan grid; ``chunks``: the
+    ``[first, stop)`` rows of each chunk; ``reads``: per original (cropped) slice along ``grid.k``, the
+    unpadded network slices ``[a, b)`` its export reads.
     """
 
     grid: NetworkGrid

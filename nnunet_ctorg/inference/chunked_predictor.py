@@ -5,8 +5,8 @@ A CT is processed in chunks along its cranio-caudal axis, and every step is the 
 
 1. the plan (:mod:`.case_plan`): the case's network grid (nnU-Net's crop to the whole scan's non-zero voxels,
    its transposed axes, its resampled shape), nnU-Net's tile grid of the *whole* padded scan, the tiles the
-   body needs (those a body voxel's export reads), the chunks of tile rows (from ``chunk_mm`` and the RAM/GPU budgets, :meth:`estimate_bytes`) and
-   the network slices each original slice's export reads;
+   body needs (those a body voxel's export reads), the chunks of tile rows (from ``chunk_mm`` and the RAM/GPU
+   budgets, :meth:`estimate_bytes`) and the network slices each original slice's export reads;
 2. per chunk, the steps (:mod:`.chunk_preprocessing`, :mod:`.chunk_steps`): its network input (nnU-Net's
    normalisation and resampling at the whole scan's sample positions, from slabs with margins), nnU-Net's
    network call, mirroring and Gaussian over its tiles into half-precision sums carried across chunks
@@ -67,8 +67,8 @@ class CaseOutputs:
     :class:`~nnunet_ctorg.inference.nifti_slabs.NiftiLabelWriter`), nnU-Net's class ``probabilities`` (a
     :class:`~nnunet_ctorg.inference.probability_export.ProbabilityWriter`) if wanted, the ``body_box`` outside
     which the labels are background, the ``body`` (a :class:`~nnunet_ctorg.inference.body_crop.BodyRegion`)
-    outside which they are background too (``None``: the whole box counts), what the case holds outside the chunks (``volume_bytes``, counted by the
-    RAM budget), its name in messages and whether to show progress."""
+    outside which they are background too (``None``: the whole box counts), what the case holds outside the
+    chunks (``volume_bytes``, counted by the RAM budget), its name in messages and whether to show progress."""
 
     labels: object
     probabilities: object = None

@@ -310,7 +310,8 @@ def test_body_crop_gives_the_whole_scans_labels_inside_the_body(phantom, plans, 
     assert np.all(in_body[phantom.structures > 0]) and np.all(in_box[in_body]) and not np.all(in_body[in_box])
     tiles = {}
     for mask in (False, True):
-        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), BodyCropSettings(skip_tiles_outside_mask=mask))
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60),
+                                   BodyCropSettings(skip_tiles_outside_mask=mask))
         cropped = chunked.predict_image(image)
         inside = in_body if mask else in_box
         assert np.array_equal(cropped[inside], whole[inside]) and not cropped[~inside].any(), mask
@@ -350,7 +351,8 @@ def test_only_the_bodys_tiles_run_and_the_body_keeps_the_whole_scans_labels(scan
     assert whole[in_box & ~in_body].any()  # the stand-in labels voxels of the box outside the body
     runs = {}
     for mask in (False, True):
-        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=120), BodyCropSettings(skip_tiles_outside_mask=mask))
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=120),
+                                   BodyCropSettings(skip_tiles_outside_mask=mask))
         writer = ProbabilityWriter(tmp_path / f"mask_{mask}", len(LABELS), hu.shape)
         labels = chunked.predict_image(image, probabilities=writer)
         writer.close({})
