@@ -86,6 +86,9 @@ class ChunkedPredictor(ChunkBudgets):
         predictor: ``nnUNetPredictor`` after ``initialize_from_trained_model_folder``.
         chunks: chunk length / RAM budget.
         body_crop: crop the scan in-plane to the body before predicting (``None``: no crop).
+        cpu_bf16: on the CPU, run the network in bfloat16 (``torch.autocast``): faster where the CPU has bf16
+            instructions (AVX512-BF16, AMX), but the labels are not exactly nnU-Net's (opt-in; see
+            ``benchmarks/cpu_whole_body.py`` for the agreement).
     """
 
     # what one preprocessing step reads (original voxels, margins included) and one export step holds (bytes)
@@ -94,7 +97,16 @@ class ChunkedPredictor(ChunkBudgets):
 
     def __init__(self, predictor, chunks: ChunkSettings = ChunkSettings(),
                  body_crop: BodyCropSettings | None = None, overlap: bool | None = None,
-                 preprocessed_input: bool = False) -> None:
+                 preprocessed_input: bool = False, cpu_bf16: bool = False) -> None:
+        import torch
+
+        if cpu_bf16 and predictor.device.type != "cpu":
+            raise ValueError(f"cpu_bf16 is for -device cpu, got device {predictor.device.type!r} (on CUDA nnU-Net "
+                             f"already runs the network in float16)")
+        if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise ValueError("cpu_bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX) that oneDNN "
+                             "uses; bfloat16 would be slower than float32 here")
+        self.cpu_bf16 = cpu_bf16
         self.predictor = predictor
         self.chunks = chunks
         # preprocess the next chunk in a thread while the network runs this one (default: on CUDA, where the
@@ -284,7 +296,7 @@ class ChunkedPredictor(ChunkBudgets):
         plan = plan.in_chunks(self._rows_per_chunk(plan, margin, case))
         self.last_chunks = list(plan.chunks)
         sums_device = p.device if p.perform_everything_on_device and self.sums_on_device else torch.device("cpu")
-        runner = TileRunner(p, sums_device)
+        runner = TileRunner(p, sums_device, self.cpu_bf16)
         folds = p.list_of_parameters or [None]  # None: the network's own weights (a trainer's validation)
         sums = LogitSums(len(folds), p.label_manager.num_segmentation_heads, grid.k, sums_device)
         export = SliceExport(plan, self.export_resampling, case.labels, case.probabilities, p.label_manager,

@@ -65,6 +65,10 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                         help="with --body_crop: run the tiles a voxel of the body mask needs (default), or all those "
                              "of one box around it (more tiles; nnU-Net's labels in the whole box, e.g. between "
                              "the legs and beside the neck)")
+    parser.add_argument("--cpu_bf16", action="store_true",
+                        help="-device cpu: run the network in bfloat16 (torch.autocast) where the CPU has bf16 "
+                             "instructions (AVX512-BF16, AMX): 2-4x faster per tile, but the labels are not exactly "
+                             "nnU-Net's (float32); benchmarks/cpu_whole_body.py prints the agreement. Off by default")
     parser.add_argument("--postprocess", action="store_true",
                         help="organ-aware cleanup of the labels (nnunet_ctorg_postprocess's default rules)")
     parser.add_argument("--preview", action="store_true", help="also write previews/CASE.png")
@@ -100,7 +104,8 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
             if not torch.cuda.is_available():
                 raise ValueError("-device cuda: no CUDA device is available here; use -device cpu")
         predictor = load_predictor(model, folds, args.chk, args.device, not args.disable_tta, args.step_size)
-        summary = predict_folder(ChunkedPredictor(predictor, chunks, body), args.i, args.o, args.continue_prediction,
+        chunked = ChunkedPredictor(predictor, chunks, body, cpu_bf16=args.cpu_bf16)
+        summary = predict_folder(chunked, args.i, args.o, args.continue_prediction,
                                  args.num_parts, args.part_id, postprocess=args.postprocess, previews=args.preview,
                                  progress=not args.quiet, output_type=args.output_type,
                                  save_probabilities=args.save_probabilities)

@@ -253,6 +253,41 @@ def test_refusals_name_the_reason():
         ChunkSettings(chunk_mm=-5)
 
 
+def test_cpu_bf16_runs_the_network_in_bfloat16_only_when_asked(real_ct_6mm):
+    import torch
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bfloat16 instructions")
+    plans, folds, mirroring, _ = EXACT_CASES["3-D cubic resampling, mirroring, 2 folds"]
+    predictor = standin_predictor(plans, folds, mirroring)
+    dtypes: list = []
+    hook = predictor.network.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    reference = nnunet_labels(predictor, real_ct_6mm)
+    exact = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60)).predict_image(real_ct_6mm)
+    assert set(dtypes) == {torch.float32} and np.array_equal(exact, reference)
+    dtypes.clear()
+    fast = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), cpu_bf16=True).predict_image(real_ct_6mm)
+    hook.remove()
+    # the warm-up run (float32), then every tile of both folds and their mirrors in bfloat16
+    assert dtypes[0] == torch.float32 and set(dtypes[1:]) == {torch.bfloat16} and len(dtypes) > 8
+    assert fast.shape == reference.shape and fast.dtype == np.uint8
+    agree = np.mean(fast == reference)
+    assert 0.9 < agree < 1.0  # close to nnU-Net's labels, not the same (the stand-in's logits are near ties)
+
+
+def test_cpu_bf16_is_refused_off_the_cpu_and_without_bf16_instructions(monkeypatch):
+    import types
+
+    import torch
+
+    with pytest.raises(ValueError, match="cpu_bf16 is for -device cpu, got device 'cuda'"):
+        ChunkedPredictor(types.SimpleNamespace(device=torch.device("cuda")), cpu_bf16=True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="this CPU has no bfloat16 instructions"):
+        ChunkedPredictor(standin_predictor(), cpu_bf16=True)
+    ChunkedPredictor(standin_predictor())  # float32 needs no bf16 instructions
+
+
 def test_ram_budget_chooses_the_rows_or_fails_with_what_is_needed(real_ct_6mm):
     predictor = standin_predictor(standin_plans(spacing=(3.0, 6.0, 6.0), patch=(24, 16, 16)))
     roomy = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=64))

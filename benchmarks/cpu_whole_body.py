@@ -1,0 +1,279 @@
+"""Whole-body CT on the CPU with nnU-Net's real-size 3d_fullres network: ``nnUNetv2_predict_from_modelfolder
+-device cpu`` against ``nnunet_ctorg_predict_chunked --body_crop`` on the same scan, in one run.
+
+The model is nnU-Net's own plan and architecture for a CT-ORG-like whole-body dataset (``cpu_network_options.py``:
+``ExperimentPlanner``, patch 112 x 128 x 128 at 2.5 x 0.81 x 0.81 mm, 8 classes, 31 M parameters) with random
+weights (seeded), saved as a model folder (``fold_0/checkpoint_final.pth``) that both commands load. The scan is
+the head-to-knee phantom with arms and table (seed 3: 582 slices of 2 mm, 725 x 725 voxels of 0.8 mm); a slab of
+it (``--slices N``, centred on the liver) keeps a run within what a 2-core machine does in half an hour.
+
+Each command runs in its own process as a user runs it (nnU-Net's defaults, ``--disable_tta`` for both: mirroring
+multiplies both network times by 8). Measured per command: wall time (process start to exit), peak RSS of the
+process tree (``/proc``, every 0.2 s; nnU-Net's worker processes included), tiles run (calls of nnU-Net's
+``_internal_maybe_mirror_and_predict``), time in the network (those calls), and the rest: for nnU-Net, before its
+sliding window (imports, model, reading, preprocessing) and after it (resampling to the original grid, export);
+for ours, time in chunk preprocessing (``network_input``) and slice export (``SliceExport``). Labels: the share of
+body voxels (the predictor's body mask) with nnU-Net's label, per class.
+
+The whole scan's tile counts come from the plan (no network); the whole-scan minutes are ESTIMATED from the
+measured per-tile network time and per-slice rest.
+
+    python benchmarks/cpu_whole_body.py --slices 140 [--max_ram_gb 8] [--seed 3] [--in_plane N]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("ours", "ours_bf16", "nnunet")
+RESULTS = REPO / "benchmarks" / "results" / "cpu_whole_body_2core.jsonl"
+SPACING_XYZ = (0.8, 0.8, 2.0)
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    page = os.sysconf("SC_PAGE_SIZE")
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict) -> dict:
+    """Wall time and peak process-tree RSS of ``cmd``."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    peak = [0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_bytes(proc.pid))
+            done.wait(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    rc = proc.wait()
+    done.set()
+    poller.join()
+    if rc != 0:
+        raise SystemExit(f"{cmd[2:4]} failed with exit status {rc}")
+    return {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_gb": round(peak[0] / 1e9, 2)}
+
+
+def make_inputs(work: Path, args) -> tuple[Path, Path, dict]:
+    """The model folder (nnU-Net's plan, random weights), the input folder with the scan, and its shapes."""
+    import SimpleITK as sitk
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from cpu_network_options import build_network, plan
+
+    plans, dataset_json = plan(work / "planning", 8)
+    net, _, cm = build_network(plans, dataset_json, args.seed)
+    model = work / "model"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "plans.json").write_text(json.dumps(plans, indent=1))
+    (model / "dataset.json").write_text(json.dumps({k: v for k, v in dataset_json.items() if k != "dataset"}))
+    torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               model / "fold_0" / "checkpoint_final.pth")
+    del net
+
+    from nnunet_ctorg.phantoms import generate_phantom
+    from nnunet_ctorg.phantoms.anatomy import STRUCTURE_IDS
+
+    ph = generate_phantom(seed=args.seed, fov="head_knee", spacing=SPACING_XYZ)
+    ct = ph.ct
+    if args.slices:
+        centre = int(round(np.nonzero((ph.structures == STRUCTURE_IDS["liver"]).any((1, 2)))[0].mean()))
+        lo = max(0, min(centre - args.slices // 2, ct.shape[0] - args.slices))
+        ct = ct[lo:lo + args.slices]
+    if args.in_plane:
+        y0, x0 = ((n - args.in_plane) // 2 for n in ct.shape[1:])
+        ct = ct[:, y0:y0 + args.in_plane, x0:x0 + args.in_plane]
+    images = work / "input"
+    images.mkdir()
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ct))
+    image.SetSpacing(SPACING_XYZ)
+    sitk.WriteImage(image, str(images / "case_0000.nii.gz"))
+    return model, images, {"full_scan_zyx": list(ph.ct.shape), "scan_zyx": list(ct.shape)}
+
+
+def child(mode: str, work: Path, max_ram_gb: float) -> None:
+    """Run one command in this process with timers around nnU-Net's tile call and our preprocessing/export."""
+    t0 = time.perf_counter()
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    spans: dict[str, float] = {"network_s": 0.0, "preprocessing_s": 0.0, "export_s": 0.0}
+    marks: dict[str, float] = {}
+    calls = [0]
+
+    def timed(owner, name: str, key: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                spans[key] += time.perf_counter() - t
+                if key == "network_s":
+                    calls[0] += 1
+        setattr(owner, name, wrapper)
+
+    timed(nnUNetPredictor, "_internal_maybe_mirror_and_predict", "network_s")
+    out = work / f"out_{mode}"
+    if mode == "nnunet":
+        from nnunetv2.inference import predict_from_raw_data as nn
+
+        original = nnUNetPredictor.predict_logits_from_preprocessed_data
+
+        def window(self, data):
+            marks.setdefault("window_start", time.perf_counter())
+            try:
+                return original(self, data)
+            finally:
+                marks["window_end"] = time.perf_counter()
+        nnUNetPredictor.predict_logits_from_preprocessed_data = window
+        sys.argv = ["nnUNetv2_predict_from_modelfolder", "-i", str(work / "input"), "-o", str(out), "-m",
+                    str(work / "model"), "-f", "0", "-device", "cpu", "--disable_tta"]
+        nn.predict_entry_point_modelfolder()
+    else:
+        from nnunet_ctorg.inference import chunk_steps, chunked_predictor
+        from nnunet_ctorg.inference.cli import predict_chunked_main
+
+        timed(chunked_predictor, "network_input", "preprocessing_s")
+        timed(chunk_steps.SliceExport, "add_complete", "export_s")
+        timed(chunk_steps.SliceExport, "export_ready", "export_s")
+        predict_chunked_main(["-i", str(work / "input"), "-o", str(out), "-m", str(work / "model"), "-f", "0",
+                              "-device", "cpu", "--disable_tta", "--body_crop", "--max_ram_gb", str(max_ram_gb),
+                              "--quiet", *(["--cpu_bf16"] if mode == "ours_bf16" else [])])
+    end = time.perf_counter()
+    row = {"tiles_run": calls[0], **{k: round(v, 1) for k, v in spans.items()}, "in_process_s": round(end - t0, 1)}
+    if mode == "nnunet":
+        row.update(before_window_s=round(marks["window_start"] - t0, 1),
+                   window_other_s=round(marks["window_end"] - marks["window_start"] - spans["network_s"], 1),
+                   after_window_s=round(end - marks["window_end"], 1))
+        del row["preprocessing_s"], row["export_s"]
+    (work / f"timing_{mode}.json").write_text(json.dumps(row))
+
+
+def agreement(work: Path, mode: str) -> dict:
+    """Per class: body voxels nnU-Net labels with it, and the share of those we label the same; overall share."""
+    import SimpleITK as sitk
+
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_region
+
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "input" / "case_0000.nii.gz")))
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out_nnunet" / "case.nii.gz")))
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(work / f"out_{mode}" / "case.nii.gz")))
+    body = body_region(ct, SPACING_XYZ[::-1], 0, 1, BodyCropSettings())
+    inside = body.region(tuple(slice(0, n) for n in ct.shape))
+    same = (ref == ours) & inside
+    per_class = {int(c): {"voxels": int(((ref == c) & inside).sum()),
+                          "equal_pct": round(100.0 * float((same & (ref == c)).sum()) /
+                                             max(1, int(((ref == c) & inside).sum())), 4)}
+                 for c in np.unique(ref[inside])}
+    return {"body_voxels": int(inside.sum()), "body_equal_pct": round(100.0 * float(same.sum()) / int(inside.sum()), 4),
+            "per_class": per_class, "outside_body_ours_background": bool((ours[~inside] == 0).all())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=0,
+                        help="slab of this many 2 mm slices centred on the liver (default 0: the whole 582-slice scan)")
+    parser.add_argument("--in_plane", type=int, default=0, help="crop in-plane to N x N voxels (a smoke test; "
+                        "default 0: the whole 725 x 725)")
+    parser.add_argument("--max_ram_gb", type=float, default=8.0, help="--max_ram_gb of our command (default 8)")
+    parser.add_argument("--seed", type=int, default=3, help="phantom and weight seed (default 3)")
+    parser.add_argument("--no_results", action="store_true", help="do not append the JSON row")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="what to run (default all): ours (--body_crop), ours_bf16 (--body_crop --cpu_bf16, "
+                             "where the CPU has bf16), nnunet (nnUNetv2_predict_from_modelfolder)")
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, Path(args.work), args.max_ram_gb)
+        return
+
+    modes = [m for m in MODES if m in args.modes]
+    if "ours_bf16" in modes:
+        import torch
+
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            print("this CPU has no bf16 instructions: ours_bf16 is not run")
+            modes.remove("ours_bf16")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        model, _, scan = make_inputs(work, args)
+        print(f"inputs ready in {time.perf_counter() - started:.0f} s: scan {scan['scan_zyx']} (of "
+              f"{scan['full_scan_zyx']}) at {SPACING_XYZ[::-1]} mm (z, y, x)", flush=True)
+        env = {**os.environ, "nnUNet_raw": str(work), "nnUNet_preprocessed": str(work),
+               "nnUNet_results": str(work)}
+        rows: dict = {}
+        for mode in modes:
+            print(f"running {mode} ...", flush=True)
+            rows[mode] = run_measured([sys.executable, __file__, "--child", mode, "--work", str(work),
+                                       "--max_ram_gb", str(args.max_ram_gb)], env)
+            rows[mode].update(json.loads((work / f"timing_{mode}.json").read_text()))
+            print(f"  {mode}: {rows[mode]}", flush=True)
+        if "nnunet" in rows:
+            for mode in rows:
+                if mode != "nnunet":
+                    rows[mode]["labels"] = agreement(work, mode)
+    row = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), **scan, "spacing_zyx": SPACING_XYZ[::-1],
+           "mirroring": False, "max_ram_gb": args.max_ram_gb, **rows,
+           "command": "python benchmarks/cpu_whole_body.py " + " ".join(sys.argv[1:])}
+    ref = rows.get("nnunet")
+    if ref:
+        print(f"\nnnUNetv2_predict -device cpu: {ref['wall_s']:.0f} s, peak RSS {ref['peak_rss_gb']:.1f} GB, "
+              f"{ref['tiles_run']} tiles, {ref['network_s'] / max(1, ref['tiles_run']):.2f} s network per tile")
+    for mode, r in rows.items():
+        if mode == "nnunet":
+            continue
+        print(f"{mode} --body_crop: {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gb']:.1f} GB (budget "
+              f"{args.max_ram_gb:g}), {r['tiles_run']} tiles, {r['network_s'] / max(1, r['tiles_run']):.2f} s network "
+              f"per tile")
+        if ref:
+            r["speedup"] = round(ref["wall_s"] / r["wall_s"], 2)
+            r["tiles_ratio"] = round(ref["tiles_run"] / max(1, r["tiles_run"]), 2)
+            lab = r["labels"]
+            print(f"  {r['speedup']:.2f}x faster than nnUNetv2_predict ({r['tiles_ratio']:.2f}x fewer tiles); labels "
+                  f"inside the body equal to nnU-Net's: {lab['body_equal_pct']:.4f} % of {lab['body_voxels']} "
+                  f"voxels; per class: " + ", ".join(f"{c}: {v['equal_pct']:.4f} %"
+                                                      for c, v in lab["per_class"].items()))
+    if not args.no_results:
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
