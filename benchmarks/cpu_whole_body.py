@@ -19,6 +19,10 @@ The whole scan's tile counts come from the plan (no network); the whole-scan min
 measured per-tile network time and per-slice rest.
 
     python benchmarks/cpu_whole_body.py --slices 140 [--max_ram_gb 8] [--seed 3] [--in_plane N]
+
+Random weights say nothing about how often bfloat16 flips a trained model's label (their logits are near ties
+everywhere); ``--trained_model MODEL --images CT ...`` compares a trained model's float32 and ``--cpu_bf16`` labels
+per class instead (e.g. the demo's model, ``nnunet_ctorg_demo``).
 """
 
 import argparse
@@ -204,6 +208,33 @@ def agreement(work: Path, mode: str) -> dict:
             "per_class": per_class, "outside_body_ours_background": bool((ours[~inside] == 0).all())}
 
 
+def trained_agreement(model: Path, images: list[Path], fold: str) -> dict:
+    """Labels of a trained model with ``--cpu_bf16`` against its float32 labels (nnU-Net's), per class."""
+    import SimpleITK as sitk
+
+    from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
+    from nnunet_ctorg.inference.folder_prediction import load_predictor
+
+    predictor = load_predictor(model, [fold], use_mirroring=False)
+    exact = ChunkedPredictor(predictor, ChunkSettings())
+    fast = ChunkedPredictor(predictor, ChunkSettings(), cpu_bf16=True)
+    names = predictor.dataset_json["labels"]
+    voxels: dict[int, int] = {}
+    equal: dict[int, int] = {}
+    for path in images:
+        image = sitk.ReadImage(str(path))
+        a, b = exact.predict_image(image), fast.predict_image(image)
+        print(f"  {path.name}: {100.0 * float(np.mean(a == b)):.4f} % of voxels equal", flush=True)
+        for c in np.unique(a):
+            voxels[int(c)] = voxels.get(int(c), 0) + int((a == c).sum())
+            equal[int(c)] = equal.get(int(c), 0) + int(((a == c) & (b == c)).sum())
+    by_id = {v: k for k, v in names.items()}
+    per_class = {by_id.get(c, str(c)): {"voxels": n, "equal_pct": round(100.0 * equal[c] / n, 4)}
+                 for c, n in sorted(voxels.items())}
+    return {"model": str(model), "fold": fold, "images": [p.name for p in images], "per_class": per_class,
+            "all_classes_at_least_99_9_pct": all(v["equal_pct"] >= 99.9 for v in per_class.values())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=0,
@@ -216,6 +247,11 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="what to run (default all): ours (--body_crop), ours_bf16 (--body_crop --cpu_bf16, "
                              "where the CPU has bf16), nnunet (nnUNetv2_predict_from_modelfolder)")
+    parser.add_argument("--trained_model", default=None,
+                        help="instead of the timing: a trained model folder (e.g. the demo's) whose float32 and "
+                             "--cpu_bf16 labels are compared, per class, on --images")
+    parser.add_argument("--images", nargs="+", default=[], help="with --trained_model: CT files to predict")
+    parser.add_argument("--fold", default="0", help="with --trained_model: the fold (default 0)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -223,6 +259,18 @@ def main() -> None:
         child(args.child, Path(args.work), args.max_ram_gb)
         return
 
+    if args.trained_model:
+        if not args.images:
+            raise SystemExit("--trained_model needs --images")
+        row = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "trained_agreement":
+               trained_agreement(Path(args.trained_model), [Path(p) for p in args.images], args.fold),
+               "command": "python benchmarks/cpu_whole_body.py " + " ".join(sys.argv[1:])}
+        for name, v in row["trained_agreement"]["per_class"].items():
+            print(f"  {name:20s} {v['voxels']:10d} voxels, {v['equal_pct']:.4f} % equal with --cpu_bf16")
+        if not args.no_results:
+            with open(RESULTS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return
     modes = [m for m in MODES if m in args.modes]
     if "ours_bf16" in modes:
         import torch

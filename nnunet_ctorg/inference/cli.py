@@ -67,8 +67,9 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                              "the legs and beside the neck)")
     parser.add_argument("--cpu_bf16", action="store_true",
                         help="-device cpu: run the network in bfloat16 (torch.autocast) where the CPU has bf16 "
-                             "instructions (AVX512-BF16, AMX): 2-4x faster per tile, but the labels are not exactly "
-                             "nnU-Net's (float32); benchmarks/cpu_whole_body.py prints the agreement. Off by default")
+                             "instructions (AVX512-BF16, AMX): ~2.2x faster per tile on a 2-core Xeon, but the labels "
+                             "are not exactly nnU-Net's (float32); benchmarks/cpu_whole_body.py measures the "
+                             "agreement. Off by default")
     parser.add_argument("--postprocess", action="store_true",
                         help="organ-aware cleanup of the labels (nnunet_ctorg_postprocess's default rules)")
     parser.add_argument("--preview", action="store_true", help="also write previews/CASE.png")
