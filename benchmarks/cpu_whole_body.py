@@ -9,7 +9,8 @@ it (``--slices N``, centred on the liver) keeps a run within what a 2-core machi
 
 Each command runs in its own process as a user runs it (nnU-Net's defaults, ``--disable_tta`` for both: mirroring
 multiplies both network times by 8). Measured per command: wall time (process start to exit), peak RSS of the
-process tree (``/proc``, every 0.2 s; nnU-Net's worker processes included), tiles run (calls of nnU-Net's
+process tree (``/proc``, every 0.2 s; nnU-Net's worker processes included; summed RSS counts shared pages once
+per process, so PSS is printed too), tiles run (calls of nnU-Net's
 ``_internal_maybe_mirror_and_predict``), time in the network (those calls), and the rest: for nnU-Net, before its
 sliding window (imports, model, reading, preprocessing) and after it (resampling to the original grid, export);
 for ours, time in chunk preprocessing (``network_input``) and slice export (``SliceExport``). Labels: the share of
@@ -43,8 +44,10 @@ RESULTS = REPO / "benchmarks" / "results" / "cpu_whole_body_2core.jsonl"
 SPACING_XYZ = (0.8, 0.8, 2.0)
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (from /proc)."""
+def tree_memory_bytes(root: int) -> tuple[int, int]:
+    """Resident memory (RSS) and proportional set size (PSS: a page shared by n processes counts 1/n) of ``root``
+    and all its descendants, from /proc. Summed RSS counts pages the processes share (libraries, fork
+    copy-on-write) once per process; summed PSS counts them once."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -55,29 +58,33 @@ def tree_rss_bytes(root: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
-    page = os.sysconf("SC_PAGE_SIZE")
+    rss = pss = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * page
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return rss, pss
 
 
 def run_measured(cmd: list[str], env: dict) -> dict:
-    """Wall time and peak process-tree RSS of ``cmd``."""
+    """Wall time and peak process-tree RSS and PSS of ``cmd``."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
 
     def poll() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], tree_rss_bytes(proc.pid))
+            peak[:] = [max(a, b) for a, b in zip(peak, tree_memory_bytes(proc.pid))]
             done.wait(0.2)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -87,7 +94,8 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     poller.join()
     if rc != 0:
         raise SystemExit(f"{cmd[2:4]} failed with exit status {rc}")
-    return {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_gb": round(peak[0] / 1e9, 2)}
+    return {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_gb": round(peak[0] / 1e9, 2),
+            "peak_pss_gb": round(peak[1] / 1e9, 2)}
 
 
 def make_inputs(work: Path, args) -> tuple[Path, Path, dict]:
@@ -273,9 +281,9 @@ def main() -> None:
         return
     modes = [m for m in MODES if m in args.modes]
     if "ours_bf16" in modes:
-        import torch
+        from nnunet_ctorg.inference.chunk_steps import cpu_bf16_supported
 
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if not cpu_bf16_supported():
             print("this CPU has no bf16 instructions: ours_bf16 is not run")
             modes.remove("ours_bf16")
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,12 +310,14 @@ def main() -> None:
            "command": "python benchmarks/cpu_whole_body.py " + " ".join(sys.argv[1:])}
     ref = rows.get("nnunet")
     if ref:
-        print(f"\nnnUNetv2_predict -device cpu: {ref['wall_s']:.0f} s, peak RSS {ref['peak_rss_gb']:.1f} GB, "
+        print(f"\nnnUNetv2_predict -device cpu: {ref['wall_s']:.0f} s, peak RSS {ref['peak_rss_gb']:.1f} GB "
+              f"(PSS {ref['peak_pss_gb']:.1f} GB), "
               f"{ref['tiles_run']} tiles, {ref['network_s'] / max(1, ref['tiles_run']):.2f} s network per tile")
     for mode, r in rows.items():
         if mode == "nnunet":
             continue
-        print(f"{mode} --body_crop: {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gb']:.1f} GB (budget "
+        print(f"{mode} --body_crop: {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gb']:.1f} GB (PSS "
+              f"{r['peak_pss_gb']:.1f} GB; budget "
               f"{args.max_ram_gb:g}), {r['tiles_run']} tiles, {r['network_s'] / max(1, r['tiles_run']):.2f} s network "
               f"per tile")
         if ref:

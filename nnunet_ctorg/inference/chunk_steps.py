@@ -30,6 +30,34 @@ def network_input(plan: CasePlan, chunk: tuple[int, int], channels: int, fill):
     return data
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has the bfloat16 instructions oneDNN computes with (AVX512-BF16 or AMX); oneDNN's own
+    check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) accepts any AVX-512 CPU and emulates bf16 there."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def check_cpu_bf16(device_type: str) -> None:
+    """Refuse ``cpu_bf16`` off the CPU or on a CPU without bf16 instructions (a ``ValueError`` saying why)."""
+    if device_type != "cpu":
+        raise ValueError(f"cpu_bf16 is for -device cpu, got device {device_type!r}")
+    if not cpu_bf16_supported():
+        raise ValueError("cpu_bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); oneDNN would "
+                         "emulate them, slower than float32")
+
+
+def network_autocast(device_type: str, cpu_bf16: bool = False):
+    """The autocast context of a network call: nnU-Net's (float16 on CUDA, none elsewhere), or bfloat16 on the
+    CPU with ``cpu_bf16``."""
+    import torch
+    from nnunetv2.utilities.helpers import dummy_context
+
+    if cpu_bf16 and device_type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(device_type, enabled=True) if device_type == "cuda" else dummy_context()
+
+
 class TileRunner:
     """nnU-Net's sliding-window loop (its tile call, mirroring, Gaussian weighting) over given tiles.
 
@@ -53,7 +81,6 @@ class TileRunner:
         (``None``: the network's own, as in a trainer's validation)."""
         import torch
         from nnunetv2.configuration import default_num_processes
-        from nnunetv2.utilities.helpers import dummy_context
         from torch._dynamo import OptimizedModule
 
         p = self.predictor
@@ -64,23 +91,21 @@ class TileRunner:
         p.network.eval()
         threads = torch.get_num_threads()
         torch.set_num_threads(min(default_num_processes, threads))
+        # bf16: each network output in float32 before nnU-Net adds the mirrors (bf16 sums would round at ~0.4 %)
+        to_float = p.network.register_forward_hook(lambda m, a, out: out.float()) if self.cpu_bf16 else None
         try:
-            if self.cpu_bf16:
-                autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-            else:  # nnU-Net's: float16 autocast on CUDA, float32 elsewhere
-                autocast = torch.autocast(p.device.type, enabled=True) if p.device.type == "cuda" else dummy_context()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), network_autocast(p.device.type, self.cpu_bf16):
                 for sl in slicers:
                     workon = torch.clone(data[sl][None], memory_format=torch.contiguous_format).to(p.device)
                     prediction = p._internal_maybe_mirror_and_predict(workon)[0].to(self.sums_device)
-                    if self.cpu_bf16:
-                        prediction = prediction.float()
                     if p.use_gaussian:
                         prediction *= self.gaussian
                     logits[sl] += prediction
                     weights[sl[1:]] += self.gaussian
         finally:
             torch.set_num_threads(threads)
+            if to_float is not None:
+                to_float.remove()
 
 
 class LogitSums:

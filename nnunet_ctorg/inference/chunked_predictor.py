@@ -27,7 +27,14 @@ from nnunet_ctorg.inference.body_crop import BodyCropSettings, image_axes
 from nnunet_ctorg.inference.case_plan import NetworkGrid, plan_case
 from nnunet_ctorg.inference.chunk_budgets import ChunkBudgets, current_rss_gb
 from nnunet_ctorg.inference.chunk_preprocessing import CTPreprocessing, NetworkSlices
-from nnunet_ctorg.inference.chunk_steps import LogitSums, SliceExport, TileRunner, network_input
+from nnunet_ctorg.inference.chunk_steps import (
+    LogitSums,
+    SliceExport,
+    TileRunner,
+    check_cpu_bf16,
+    network_autocast,
+    network_input,
+)
 from nnunet_ctorg.inference.slab_resampling import resampling_kind
 
 # normalisations that map each voxel on its own, monotonically (so a slab is normalised as the whole scan)
@@ -98,14 +105,8 @@ class ChunkedPredictor(ChunkBudgets):
     def __init__(self, predictor, chunks: ChunkSettings = ChunkSettings(),
                  body_crop: BodyCropSettings | None = None, overlap: bool | None = None,
                  preprocessed_input: bool = False, cpu_bf16: bool = False) -> None:
-        import torch
-
-        if cpu_bf16 and predictor.device.type != "cpu":
-            raise ValueError(f"cpu_bf16 is for -device cpu, got device {predictor.device.type!r} (on CUDA nnU-Net "
-                             f"already runs the network in float16)")
-        if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            raise ValueError("cpu_bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX) that oneDNN "
-                             "uses; bfloat16 would be slower than float32 here")
+        if cpu_bf16:
+            check_cpu_bf16(predictor.device.type)
         self.cpu_bf16 = cpu_bf16
         self.predictor = predictor
         self.chunks = chunks
@@ -145,15 +146,13 @@ class ChunkedPredictor(ChunkBudgets):
         kernels' code pages, thread pools, oneDNN/cuDNN handles: ~50 MB for a tiny network on this CPU) is in
         :attr:`base_gb` and not missing from the RAM budget's estimate. The network's mode is restored."""
         import torch
-        from nnunetv2.utilities.helpers import dummy_context
 
         p = self.predictor
         training = p.network.training
         p.network.eval()
         x = torch.zeros((1, self.n_channels, *p.configuration_manager.patch_size), device=p.device)
         try:
-            with torch.inference_mode(), (torch.autocast(p.device.type, enabled=True) if p.device.type == "cuda"
-                                          else dummy_context()):
+            with torch.inference_mode(), network_autocast(p.device.type, self.cpu_bf16):
                 p.network(x)
         finally:
             p.network.train(training)

@@ -104,6 +104,10 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
 
             if not torch.cuda.is_available():
                 raise ValueError("-device cuda: no CUDA device is available here; use -device cpu")
+        if args.cpu_bf16:  # before the checkpoints load
+            from nnunet_ctorg.inference.chunk_steps import check_cpu_bf16
+
+            check_cpu_bf16(args.device)
         predictor = load_predictor(model, folds, args.chk, args.device, not args.disable_tta, args.step_size)
         chunked = ChunkedPredictor(predictor, chunks, body, cpu_bf16=args.cpu_bf16)
         summary = predict_folder(chunked, args.i, args.o, args.continue_prediction,

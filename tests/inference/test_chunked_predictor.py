@@ -253,10 +253,12 @@ def test_refusals_name_the_reason():
         ChunkSettings(chunk_mm=-5)
 
 
-def test_cpu_bf16_runs_the_network_in_bfloat16_only_when_asked(real_ct_6mm):
+def test_cpu_bf16_runs_the_network_in_bfloat16_only_when_asked(real_ct_6mm, monkeypatch):
     import torch
 
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    from nnunet_ctorg.inference.chunk_steps import cpu_bf16_supported
+
+    if not cpu_bf16_supported():
         pytest.skip("this CPU has no bfloat16 instructions")
     plans, folds, mirroring, _ = EXACT_CASES["3-D cubic resampling, mirroring, 2 folds"]
     predictor = standin_predictor(plans, folds, mirroring)
@@ -266,26 +268,40 @@ def test_cpu_bf16_runs_the_network_in_bfloat16_only_when_asked(real_ct_6mm):
     exact = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60)).predict_image(real_ct_6mm)
     assert set(dtypes) == {torch.float32} and np.array_equal(exact, reference)
     dtypes.clear()
+    summed: list = []  # what nnU-Net's mirroring returns: the sum of the mirrors, in float32
+    mirrored = predictor._internal_maybe_mirror_and_predict
+    monkeypatch.setattr(predictor, "_internal_maybe_mirror_and_predict",
+                        lambda x: summed.append(mirrored(x).dtype) or mirrored(x))
     fast = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60), cpu_bf16=True).predict_image(real_ct_6mm)
     hook.remove()
-    # the warm-up run (float32), then every tile of both folds and their mirrors in bfloat16
-    assert dtypes[0] == torch.float32 and set(dtypes[1:]) == {torch.bfloat16} and len(dtypes) > 8
+    # the warm-up and every tile of both folds and their 8 mirrors in bfloat16, summed in float32
+    assert set(dtypes) == {torch.bfloat16} and len(dtypes) > 8 * len(summed) > 0
+    assert set(summed) == {torch.float32}
     assert fast.shape == reference.shape and fast.dtype == np.uint8
     agree = np.mean(fast == reference)
     assert 0.9 < agree < 1.0  # close to nnU-Net's labels, not the same (the stand-in's logits are near ties)
 
 
-def test_cpu_bf16_is_refused_off_the_cpu_and_without_bf16_instructions(monkeypatch):
+def test_cpu_bf16_is_refused_off_the_cpu_and_without_bf16_instructions(monkeypatch, tmp_path):
     import types
 
     import torch
 
+    from nnunet_ctorg.inference.cli import predict_chunked_main
+
     with pytest.raises(ValueError, match="cpu_bf16 is for -device cpu, got device 'cuda'"):
         ChunkedPredictor(types.SimpleNamespace(device=torch.device("cuda")), cpu_bf16=True)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    # oneDNN's own check says yes on any AVX-512 CPU; bf16 instructions are what counts
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     with pytest.raises(ValueError, match="this CPU has no bfloat16 instructions"):
         ChunkedPredictor(standin_predictor(), cpu_bf16=True)
     ChunkedPredictor(standin_predictor())  # float32 needs no bf16 instructions
+    # the command refuses before it loads a model (this folder has none)
+    with pytest.raises(SystemExit, match="error: cpu_bf16: this CPU has no bfloat16 instructions"):
+        predict_chunked_main(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "no_model"),
+                              "-device", "cpu", "--cpu_bf16"])
 
 
 def test_ram_budget_chooses_the_rows_or_fails_with_what_is_needed(real_ct_6mm):
