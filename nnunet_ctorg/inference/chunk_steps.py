@@ -62,12 +62,16 @@ class TileRunner:
     """nnU-Net's sliding-window loop (its tile call, mirroring, Gaussian weighting) over given tiles.
 
     ``predictor``: the ``nnUNetPredictor``; ``sums_device``: where the sums live (the predictor's device, or
-    the CPU where a GPU budget cannot hold them). ``cpu_bf16``: on the CPU, run the network under
+    the CPU where a GPU budget cannot hold them). ``cap_threads``: run the network on at most
+    ``default_num_processes`` threads as ``nnUNetv2_predict`` does (a trainer's validation calls the sliding
+    window directly, on the threads it has; oneDNN's float32 sums can depend on the thread count).
+    ``cpu_bf16``: on the CPU, run the network under
     ``torch.autocast`` in bfloat16 (faster where the CPU has bf16 instructions; not nnU-Net's float32 labels).
     """
 
-    def __init__(self, predictor, sums_device, cpu_bf16: bool = False) -> None:
+    def __init__(self, predictor, sums_device, cpu_bf16: bool = False, cap_threads: bool = True) -> None:
         self.predictor, self.sums_device = predictor, sums_device
+        self.cap_threads = cap_threads
         self.cpu_bf16 = cpu_bf16 and predictor.device.type == "cpu"
         self.gaussian = 1
         if predictor.use_gaussian:
@@ -90,7 +94,8 @@ class TileRunner:
         p.network = p.network.to(p.device)
         p.network.eval()
         threads = torch.get_num_threads()
-        torch.set_num_threads(min(default_num_processes, threads))
+        if self.cap_threads:  # as nnUNetv2_predict (predict_logits_from_preprocessed_data)
+            torch.set_num_threads(min(default_num_processes, threads))
         # bf16: each network output in float32 before nnU-Net adds the mirrors (bf16 sums would round at ~0.4 %)
         to_float = p.network.register_forward_hook(lambda m, a, out: out.float()) if self.cpu_bf16 else None
         try:

@@ -295,7 +295,7 @@ class ChunkedPredictor(ChunkBudgets):
         plan = plan.in_chunks(self._rows_per_chunk(plan, margin, case))
         self.last_chunks = list(plan.chunks)
         sums_device = p.device if p.perform_everything_on_device and self.sums_on_device else torch.device("cpu")
-        runner = TileRunner(p, sums_device, self.cpu_bf16)
+        runner = TileRunner(p, sums_device, self.cpu_bf16, cap_threads=self.preprocessing is not None)
         folds = p.list_of_parameters or [None]  # None: the network's own weights (a trainer's validation)
         sums = LogitSums(len(folds), p.label_manager.num_segmentation_heads, grid.k, sums_device)
         export = SliceExport(plan, self.export_resampling, case.labels, case.probabilities, p.label_manager,
