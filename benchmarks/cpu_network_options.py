@@ -55,7 +55,8 @@ FOREGROUND_TOTALSEG_IDS = {
 }
 SCAN_SHAPE_ZYX = (1000, 512, 512)  # head-to-knee scan for the extrapolation
 SCAN_SPACING_ZYX = (1.5, 0.8, 0.8)
-OPTIONS = ("threads_1", "no_grad", "channels_last_3d", "mkldnn_off", "compile", "batch_2", "bf16_autocast")
+OPTIONS = ("threads_1", "no_grad", "channels_last_3d", "mkldnn_off", "compile", "batch_2", "bf16_autocast",
+           "openvino_fp32")
 
 
 def cpu_facts() -> dict:
@@ -259,6 +260,15 @@ def run_options(net, tiles, args, threads: int, work: Path, plans: dict, dataset
         out = measure("bf16_autocast", bf16)
         rows["bf16_autocast"].update(agreement(out, refs[:1]))
         rows["bf16_autocast"]["output_dtype"] = str(out[0].dtype)
+    if "openvino_fp32" not in args.skip:
+        # what --cpu_openvino runs: the network converted by OpenVINO (traced on a small input), float32
+        from nnunet_ctorg.inference.openvino_network import OpenVINONetworks
+
+        t = time.perf_counter()
+        run = OpenVINONetworks(1, tiles[0].shape[2:], net.encoder.strides).network_for(None, net, threads)
+        convert_s = time.perf_counter() - t
+        out = measure("openvino_fp32", lambda: [run(tiles[0])])
+        rows["openvino_fp32"].update(agreement(out, refs[:1]), convert_and_compile_s=round(convert_s, 1))
     if "compile" not in args.skip:
         rows["compile"] = run_compile_child(net, tiles[0], refs[0], args, threads, work, plans, dataset_json)
     # drift: the default again

@@ -1,5 +1,6 @@
 """Whole-body CT on the CPU with nnU-Net's real-size 3d_fullres network: ``nnUNetv2_predict_from_modelfolder
--device cpu`` against ``nnunet_ctorg_predict_chunked --body_crop`` on the same scan, in one run.
+-device cpu`` against ``nnunet_ctorg_predict_chunked --body_crop`` (and with ``--cpu_bf16`` or ``--cpu_openvino``)
+on the same scan, in one run.
 
 The model is nnU-Net's own plan and architecture for a CT-ORG-like whole-body dataset (``cpu_network_options.py``:
 ``ExperimentPlanner``, patch 112 x 128 x 128 at 2.5 x 0.81 x 0.81 mm, 8 classes, 31 M parameters) with random
@@ -21,9 +22,10 @@ measured per-tile network time and per-slice rest.
 
     python benchmarks/cpu_whole_body.py --slices 140 [--max_ram_gb 8] [--seed 3] [--in_plane N]
 
-Random weights say nothing about how often bfloat16 flips a trained model's label (their logits are near ties
-everywhere); ``--trained_model MODEL --images CT ...`` compares a trained model's float32 and ``--cpu_bf16`` labels
-per class instead (e.g. the demo's model, ``nnunet_ctorg_demo``).
+Random weights say nothing about how often bfloat16 or OpenVINO flips a trained model's label (their logits are
+near ties everywhere); ``--trained_model MODEL --images CT ... [--fast_path cpu_openvino]`` compares a trained
+model's PyTorch float32 labels (nnU-Net's) and those of the fast path per class instead (e.g. the demo's model,
+``nnunet_ctorg_demo``).
 """
 
 import argparse
@@ -39,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("ours", "ours_bf16", "nnunet")
+MODES = ("ours", "ours_bf16", "ours_openvino", "nnunet")
+FAST_FLAGS = {"ours": [], "ours_bf16": ["--cpu_bf16"], "ours_openvino": ["--cpu_openvino"]}
 RESULTS = REPO / "benchmarks" / "results" / "cpu_whole_body_2core.jsonl"
 SPACING_XYZ = (0.8, 0.8, 2.0)
 
@@ -185,7 +188,7 @@ def child(mode: str, work: Path, max_ram_gb: float) -> None:
         timed(chunk_steps.SliceExport, "export_ready", "export_s")
         predict_chunked_main(["-i", str(work / "input"), "-o", str(out), "-m", str(work / "model"), "-f", "0",
                               "-device", "cpu", "--disable_tta", "--body_crop", "--max_ram_gb", str(max_ram_gb),
-                              "--quiet", *(["--cpu_bf16"] if mode == "ours_bf16" else [])])
+                              "--quiet", *FAST_FLAGS[mode]])
     end = time.perf_counter()
     row = {"tiles_run": calls[0], **{k: round(v, 1) for k, v in spans.items()}, "in_process_s": round(end - t0, 1)}
     if mode == "nnunet":
@@ -216,8 +219,9 @@ def agreement(work: Path, mode: str) -> dict:
             "per_class": per_class, "outside_body_ours_background": bool((ours[~inside] == 0).all())}
 
 
-def trained_agreement(model: Path, images: list[Path], fold: str) -> dict:
-    """Labels of a trained model with ``--cpu_bf16`` against its float32 labels (nnU-Net's), per class."""
+def trained_agreement(model: Path, images: list[Path], fold: str, fast_path: str) -> dict:
+    """Labels of a trained model with ``fast_path`` (``cpu_bf16``, ``cpu_openvino``) against its PyTorch float32
+    labels (nnU-Net's), per class."""
     import SimpleITK as sitk
 
     from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
@@ -225,7 +229,7 @@ def trained_agreement(model: Path, images: list[Path], fold: str) -> dict:
 
     predictor = load_predictor(model, [fold], use_mirroring=False)
     exact = ChunkedPredictor(predictor, ChunkSettings())
-    fast = ChunkedPredictor(predictor, ChunkSettings(), cpu_bf16=True)
+    fast = ChunkedPredictor(predictor, ChunkSettings(), **{fast_path: True})
     names = predictor.dataset_json["labels"]
     voxels: dict[int, int] = {}
     equal: dict[int, int] = {}
@@ -239,7 +243,8 @@ def trained_agreement(model: Path, images: list[Path], fold: str) -> dict:
     by_id = {v: k for k, v in names.items()}
     per_class = {by_id.get(c, str(c)): {"voxels": n, "equal_pct": round(100.0 * equal[c] / n, 4)}
                  for c, n in sorted(voxels.items())}
-    return {"model": str(model), "fold": fold, "images": [p.name for p in images], "per_class": per_class,
+    return {"model": str(model), "fold": fold, "fast_path": fast_path, "images": [p.name for p in images],
+            "per_class": per_class,
             "all_classes_at_least_99_9_pct": all(v["equal_pct"] >= 99.9 for v in per_class.values())}
 
 
@@ -254,10 +259,13 @@ def main() -> None:
     parser.add_argument("--no_results", action="store_true", help="do not append the JSON row")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="what to run (default all): ours (--body_crop), ours_bf16 (--body_crop --cpu_bf16, "
-                             "where the CPU has bf16), nnunet (nnUNetv2_predict_from_modelfolder)")
+                             "where the CPU has bf16), ours_openvino (--body_crop --cpu_openvino), nnunet "
+                             "(nnUNetv2_predict_from_modelfolder)")
     parser.add_argument("--trained_model", default=None,
                         help="instead of the timing: a trained model folder (e.g. the demo's) whose float32 and "
-                             "--cpu_bf16 labels are compared, per class, on --images")
+                             "--fast_path labels are compared, per class, on --images")
+    parser.add_argument("--fast_path", choices=["cpu_bf16", "cpu_openvino"], default="cpu_bf16",
+                        help="with --trained_model: the opt-in path compared (default cpu_bf16)")
     parser.add_argument("--images", nargs="+", default=[], help="with --trained_model: CT files to predict")
     parser.add_argument("--fold", default="0", help="with --trained_model: the fold (default 0)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -271,10 +279,11 @@ def main() -> None:
         if not args.images:
             raise SystemExit("--trained_model needs --images")
         row = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "trained_agreement":
-               trained_agreement(Path(args.trained_model), [Path(p) for p in args.images], args.fold),
+               trained_agreement(Path(args.trained_model), [Path(p) for p in args.images], args.fold,
+                                 args.fast_path),
                "command": "python benchmarks/cpu_whole_body.py " + " ".join(sys.argv[1:])}
         for name, v in row["trained_agreement"]["per_class"].items():
-            print(f"  {name:20s} {v['voxels']:10d} voxels, {v['equal_pct']:.4f} % equal with --cpu_bf16")
+            print(f"  {name:20s} {v['voxels']:10d} voxels, {v['equal_pct']:.4f} % equal with --{args.fast_path}")
         if not args.no_results:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -58,6 +58,16 @@ def network_autocast(device_type: str, cpu_bf16: bool = False):
     return torch.autocast(device_type, enabled=True) if device_type == "cuda" else dummy_context()
 
 
+def network_threads(cap: bool) -> int:
+    """The threads the network runs on: at most ``default_num_processes`` with ``cap``, as ``nnUNetv2_predict``
+    sets them (``predict_logits_from_preprocessed_data``), else those the process has."""
+    import torch
+    from nnunetv2.configuration import default_num_processes
+
+    threads = torch.get_num_threads()
+    return min(default_num_processes, threads) if cap else threads
+
+
 class TileRunner:
     """nnU-Net's sliding-window loop (its tile call, mirroring, Gaussian weighting) over given tiles.
 
@@ -67,12 +77,15 @@ class TileRunner:
     window directly, on the threads it has; oneDNN's float32 sums can depend on the thread count).
     ``cpu_bf16``: on the CPU, run the network under
     ``torch.autocast`` in bfloat16 (faster where the CPU has bf16 instructions; not nnU-Net's float32 labels).
+    ``openvino``: run each fold's network compiled by OpenVINO instead (``OpenVINONetworks``; CPU only).
     """
 
-    def __init__(self, predictor, sums_device, cpu_bf16: bool = False, cap_threads: bool = True) -> None:
+    def __init__(self, predictor, sums_device, cpu_bf16: bool = False, cap_threads: bool = True,
+                 openvino=None) -> None:
         self.predictor, self.sums_device = predictor, sums_device
         self.cap_threads = cap_threads
         self.cpu_bf16 = cpu_bf16 and predictor.device.type == "cpu"
+        self.openvino = openvino
         self.gaussian = 1
         if predictor.use_gaussian:
             from nnunetv2.inference.sliding_window_prediction import compute_gaussian
@@ -84,7 +97,6 @@ class TileRunner:
         """Add the tiles ``slicers`` of ``data`` to ``logits``/``weights`` with the fold's weights ``params``
         (``None``: the network's own, as in a trainer's validation)."""
         import torch
-        from nnunetv2.configuration import default_num_processes
         from torch._dynamo import OptimizedModule
 
         p = self.predictor
@@ -94,10 +106,12 @@ class TileRunner:
         p.network = p.network.to(p.device)
         p.network.eval()
         threads = torch.get_num_threads()
-        if self.cap_threads:  # as nnUNetv2_predict (predict_logits_from_preprocessed_data)
-            torch.set_num_threads(min(default_num_processes, threads))
+        torch.set_num_threads(network_threads(self.cap_threads))
         # bf16: each network output in float32 before nnU-Net adds the mirrors (bf16 sums would round at ~0.4 %)
         to_float = p.network.register_forward_hook(lambda m, a, out: out.float()) if self.cpu_bf16 else None
+        torch_network = p.network
+        if self.openvino is not None:  # called where nnU-Net calls the network (its mirroring unchanged)
+            p.network = self.openvino.network_for(params, network, torch.get_num_threads())
         try:
             with torch.inference_mode(), network_autocast(p.device.type, self.cpu_bf16):
                 for sl in slicers:
@@ -108,6 +122,7 @@ class TileRunner:
                     logits[sl] += prediction
                     weights[sl[1:]] += self.gaussian
         finally:
+            p.network = torch_network
             torch.set_num_threads(threads)
             if to_float is not None:
                 to_float.remove()

@@ -34,7 +34,9 @@ from nnunet_ctorg.inference.chunk_steps import (
     check_cpu_bf16,
     network_autocast,
     network_input,
+    network_threads,
 )
+from nnunet_ctorg.inference.openvino_network import OpenVINONetworks, check_cpu_openvino
 from nnunet_ctorg.inference.slab_resampling import resampling_kind
 
 # normalisations that map each voxel on its own, monotonically (so a slab is normalised as the whole scan)
@@ -96,6 +98,9 @@ class ChunkedPredictor(ChunkBudgets):
         cpu_bf16: on the CPU, run the network in bfloat16 (``torch.autocast``): faster where the CPU has bf16
             instructions (AVX512-BF16, AMX), but the labels are not exactly nnU-Net's (opt-in; see
             ``benchmarks/cpu_whole_body.py`` for the agreement).
+        cpu_openvino: on the CPU, run the network compiled by OpenVINO in float32 (needs the ``openvino``
+            package): faster than PyTorch's CPU path, logits equal to about 1e-4, so the labels are not exactly
+            nnU-Net's (opt-in; ``benchmarks/cpu_whole_body.py`` measures the agreement).
     """
 
     # what one preprocessing step reads (original voxels, margins included) and one export step holds (bytes)
@@ -104,9 +109,13 @@ class ChunkedPredictor(ChunkBudgets):
 
     def __init__(self, predictor, chunks: ChunkSettings = ChunkSettings(),
                  body_crop: BodyCropSettings | None = None, overlap: bool | None = None,
-                 preprocessed_input: bool = False, cpu_bf16: bool = False) -> None:
+                 preprocessed_input: bool = False, cpu_bf16: bool = False, cpu_openvino: bool = False) -> None:
+        if cpu_bf16 and cpu_openvino:
+            raise ValueError("cpu_bf16 and cpu_openvino exclude each other (OpenVINO runs in float32 here)")
         if cpu_bf16:
             check_cpu_bf16(predictor.device.type)
+        if cpu_openvino:
+            check_cpu_openvino(predictor.device.type)
         self.cpu_bf16 = cpu_bf16
         self.predictor = predictor
         self.chunks = chunks
@@ -137,6 +146,8 @@ class ChunkedPredictor(ChunkBudgets):
             raise ValueError(f"the plans resample probabilities with spline order "
                              f"{self.export_resampling['order']} (order_z {self.export_resampling['order_z']}); "
                              f"chunked prediction exports nnU-Net's default linear resampling (order <= 1) only")
+        strides = cm.network_arch_init_kwargs.get("strides")  # nnU-Net's U-Nets; other architectures: None
+        self.openvino = OpenVINONetworks(self.n_channels, cm.patch_size, strides) if cpu_openvino else None
         predictor.network.to(predictor.device)
         self._warm_up_network()
         self.base_gb = current_rss_gb()  # with the model on its device and its runtime loaded
@@ -152,6 +163,17 @@ class ChunkedPredictor(ChunkBudgets):
         p.network.eval()
         x = torch.zeros((1, self.n_channels, *p.configuration_manager.patch_size), device=p.device)
         try:
+            if self.openvino is not None:  # compiles the first fold's network as the first tile would
+                network, params = getattr(p.network, "_orig_mod", p.network), (p.list_of_parameters or [None])[0]
+                if params is not None:
+                    network.load_state_dict(params)
+                threads = torch.get_num_threads()
+                torch.set_num_threads(network_threads(self.preprocessing is not None))
+                try:
+                    self.openvino.network_for(params, network, torch.get_num_threads())(x)
+                finally:
+                    torch.set_num_threads(threads)
+                return
             with torch.inference_mode(), network_autocast(p.device.type, self.cpu_bf16):
                 p.network(x)
         finally:
@@ -295,7 +317,8 @@ class ChunkedPredictor(ChunkBudgets):
         plan = plan.in_chunks(self._rows_per_chunk(plan, margin, case))
         self.last_chunks = list(plan.chunks)
         sums_device = p.device if p.perform_everything_on_device and self.sums_on_device else torch.device("cpu")
-        runner = TileRunner(p, sums_device, self.cpu_bf16, cap_threads=self.preprocessing is not None)
+        runner = TileRunner(p, sums_device, self.cpu_bf16, cap_threads=self.preprocessing is not None,
+                            openvino=self.openvino)
         folds = p.list_of_parameters or [None]  # None: the network's own weights (a trainer's validation)
         sums = LogitSums(len(folds), p.label_manager.num_segmentation_heads, grid.k, sums_device)
         export = SliceExport(plan, self.export_resampling, case.labels, case.probabilities, p.label_manager,

@@ -70,6 +70,12 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                              "instructions (AVX512-BF16, AMX): ~2.2x faster per tile on a 2-core Xeon, but the labels "
                              "are not exactly nnU-Net's (float32); benchmarks/cpu_whole_body.py measures the "
                              "agreement. Off by default")
+    parser.add_argument("--cpu_openvino", action="store_true",
+                        help="-device cpu: run the network compiled by OpenVINO in float32 (pip install "
+                             "'nnunet-ctorg[openvino]'; each fold converted once per run, ~15 s for nnU-Net's "
+                             "default network): faster than PyTorch on the CPU, logits equal to ~1e-4, so a voxel "
+                             "where two classes nearly tie can differ from nnU-Net's label; "
+                             "benchmarks/cpu_whole_body.py measures the agreement. Off by default")
     parser.add_argument("--postprocess", action="store_true",
                         help="organ-aware cleanup of the labels (nnunet_ctorg_postprocess's default rules)")
     parser.add_argument("--preview", action="store_true", help="also write previews/CASE.png")
@@ -104,12 +110,18 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
 
             if not torch.cuda.is_available():
                 raise ValueError("-device cuda: no CUDA device is available here; use -device cpu")
-        if args.cpu_bf16:  # before the checkpoints load
+        if args.cpu_bf16 and args.cpu_openvino:  # these before the checkpoints load
+            raise ValueError("--cpu_bf16 and --cpu_openvino exclude each other (OpenVINO runs in float32 here)")
+        if args.cpu_bf16:
             from nnunet_ctorg.inference.chunk_steps import check_cpu_bf16
 
             check_cpu_bf16(args.device)
+        if args.cpu_openvino:
+            from nnunet_ctorg.inference.openvino_network import check_cpu_openvino
+
+            check_cpu_openvino(args.device)
         predictor = load_predictor(model, folds, args.chk, args.device, not args.disable_tta, args.step_size)
-        chunked = ChunkedPredictor(predictor, chunks, body, cpu_bf16=args.cpu_bf16)
+        chunked = ChunkedPredictor(predictor, chunks, body, cpu_bf16=args.cpu_bf16, cpu_openvino=args.cpu_openvino)
         summary = predict_folder(chunked, args.i, args.o, args.continue_prediction,
                                  args.num_parts, args.part_id, postprocess=args.postprocess, previews=args.preview,
                                  progress=not args.quiet, output_type=args.output_type,
