@@ -672,9 +672,8 @@ def test_cpu_openvino_keeps_a_trained_models_labels(tiny_model, real_ct_6mm, hea
         assert len(classes) >= 4  # the trained model labels organs here
         for c in classes:  # the bar for an opt-in path: 99.9 % of each organ's voxels
             assert np.mean(ours[theirs == c] == c) >= 0.999, (i, c)
-    # the network ran in OpenVINO (traced on the smallest input its strides allow), PyTorch's is back in place
-    assert list(fast.openvino._compiled) and fast.openvino.trace_shape[2:] != tuple(predictor.configuration_manager
-                                                                                     .patch_size)
+    # the network ran in OpenVINO, PyTorch's is back in place
+    assert len(fast.openvino._compiled) == 1
     assert predictor.network.__class__.__name__ == "PlainConvUNet"
 
 
