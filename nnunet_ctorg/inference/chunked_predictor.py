@@ -99,8 +99,8 @@ class ChunkedPredictor(ChunkBudgets):
             instructions (AVX512-BF16, AMX), but the labels are not exactly nnU-Net's (opt-in; see
             ``benchmarks/cpu_whole_body.py`` for the agreement).
         cpu_openvino: on the CPU, run the network compiled by OpenVINO in float32 (needs the ``openvino``
-            package): faster than PyTorch's CPU path, logits equal to about 1e-4, so the labels are not exactly
-            nnU-Net's (opt-in; ``benchmarks/cpu_whole_body.py`` measures the agreement).
+            package): faster than PyTorch's CPU path, logits within ~1e-3 relative of PyTorch's, so the labels
+            are not exactly nnU-Net's (opt-in; ``benchmarks/cpu_whole_body.py`` measures the agreement).
     """
 
     # what one preprocessing step reads (original voxels, margins included) and one export step holds (bytes)

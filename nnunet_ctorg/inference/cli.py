@@ -73,7 +73,7 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu_openvino", action="store_true",
                         help="-device cpu: run the network compiled by OpenVINO in float32 (pip install "
                              "'nnunet-ctorg[openvino]'; each fold converted once per run, ~15 s for nnU-Net's "
-                             "default network): faster than PyTorch on the CPU, logits equal to ~1e-4, so a voxel "
+                             "default network): faster than PyTorch on the CPU, logits within ~1e-3, so a voxel "
                              "where two classes nearly tie can differ from nnU-Net's label; "
                              "benchmarks/cpu_whole_body.py measures the agreement. Off by default")
     parser.add_argument("--postprocess", action="store_true",

@@ -4,7 +4,7 @@ The PyTorch network of each fold is converted with ``openvino.convert_model`` (t
 converted model takes any tile shape) and compiled for the CPU in float32 (``INFERENCE_PRECISION_HINT f32``:
 OpenVINO would otherwise pick bfloat16 on CPUs that have it). The compiled model is called where nnU-Net calls
 the network, so nnU-Net's mirroring and Gaussian weighting stay as they are. Its logits are float32 but not
-PyTorch's to the last bit (OpenVINO's kernels sum in another order; about 1e-4 relative on nnU-Net's default
+PyTorch's to the last bit (OpenVINO's kernels sum in another order; up to ~1e-3 relative on nnU-Net's default
 3d_fullres network), so the labels can differ where two classes nearly tie: ``benchmarks/cpu_whole_body.py``
 measures the agreement.
 """
