@@ -656,22 +656,22 @@ def test_a_trained_model_keeps_nnunets_labels_in_the_body_with_its_tiles_only(ti
 
 
 @pytest.mark.slow
-def test_cpu_openvino_keeps_a_trained_models_labels(tiny_model, real_ct_6mm, head_knee_6mm):
+def test_cpu_openvino_keeps_a_trained_models_labels(tiny_model, real_ct_6mm):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnunet_ctorg.inference.folder_prediction import load_predictor
 
+    # the real CT only: the phantom with arms and table doubled the time and checks nothing more here
     predictor = load_predictor(tiny_model, [0], use_mirroring=True)
     fast = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=150), cpu_openvino=True)
-    for i, image in enumerate((real_ct_6mm, head_knee_6mm)):
-        path = tiny_model.parent / f"openvino_case{i}_0000.nii.gz"
-        sitk.WriteImage(image, str(path))
-        theirs = predictor.predict_single_npy_array(*SimpleITKIO().read_images([str(path)]))
-        ours = fast.predict_image(image)
-        classes = np.unique(theirs)
-        assert len(classes) >= 4  # the trained model labels organs here
-        for c in classes:  # the bar for an opt-in path: 99.9 % of each organ's voxels
-            assert np.mean(ours[theirs == c] == c) >= 0.999, (i, c)
+    path = tiny_model.parent / "openvino_case_0000.nii.gz"
+    sitk.WriteImage(real_ct_6mm, str(path))
+    theirs = predictor.predict_single_npy_array(*SimpleITKIO().read_images([str(path)]))
+    ours = fast.predict_image(real_ct_6mm)
+    classes = np.unique(theirs)
+    assert len(classes) >= 4  # the trained model labels organs here
+    for c in classes:  # the bar for an opt-in path: 99.9 % of each organ's voxels
+        assert np.mean(ours[theirs == c] == c) >= 0.999, c
     # the network ran in OpenVINO, PyTorch's is back in place
     assert len(fast.openvino._compiled) == 1
     assert predictor.network.__class__.__name__ == "PlainConvUNet"
