@@ -48,6 +48,10 @@ class ChunkBudgets:
     """Chunk lengths within the RAM budget (``chunks.max_ram_gb``) and the GPU budget (``chunks.max_gpu_gb``)."""
 
     sums_on_device: bool = True  # per case: False where the GPU budget cannot hold one tile row's sums
+    # True where the network keeps a tile's buffers from its warm-up run, so they are in ``base_gb`` already:
+    # OpenVINO does (real-size network, 2026-12-07: 2.25 GB after the warm-up, no growth on later tiles), PyTorch
+    # frees them after each tile (0.78 GB after, 2.36 GB peak: the 1.59 GB of :meth:`_tile_activation_bytes`)
+    activations_in_base: bool = False
     last_estimate_gb: float | None = None  # the last case's estimated peak RSS (with a RAM budget)
 
     def check_whole_volume_steps(self, shape, ct_bytes: int, postprocess: bool, previews: bool, what: str) -> None:
@@ -179,7 +183,7 @@ class ChunkBudgets:
         orig = min(block * ratio + 2 * margin, crop_t[k]) * plane_orig  # the original slab a block reads
         partly = block * max(plane_orig, plane_net)  # the block after its first (cranio-caudal) resampling step
         prep = 4.0 * orig + max(8.0 * orig + 8.0 * partly, 24.0 * partly) + data
-        activations = self._tile_activation_bytes()
+        activations = 0.0 if self.activations_in_base else self._tile_activation_bytes()
         per_voxel = export_bytes_per_voxel(n_classes, with_probabilities)
         exported = min(max(self.export_block_bytes / per_voxel, plane_orig), length * ratio * plane_orig)
         export = 8.0 * (exported / plane_orig / ratio + 2) * plane_net + per_voxel * exported

@@ -148,6 +148,7 @@ class ChunkedPredictor(ChunkBudgets):
                              f"chunked prediction exports nnU-Net's default linear resampling (order <= 1) only")
         strides = cm.network_arch_init_kwargs.get("strides")  # nnU-Net's U-Nets; other architectures: None
         self.openvino = OpenVINONetworks(self.n_channels, cm.patch_size, strides) if cpu_openvino else None
+        self.activations_in_base = cpu_openvino  # its warm-up allocates a tile's buffers for good
         predictor.network.to(predictor.device)
         self._warm_up_network()
         self.base_gb = current_rss_gb()  # with the model on its device and its runtime loaded

@@ -94,3 +94,19 @@ def test_cpu_openvino_is_refused_off_the_cpu_without_the_package_and_with_cpu_bf
     with pytest.raises(SystemExit, match="error: cpu_openvino needs the openvino package"):
         predict_chunked_main(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "no_model"),
                               "-device", "cpu", "--cpu_openvino"])
+
+
+def test_the_ram_estimate_counts_openvinos_tile_buffers_once(real_ct_6mm, monkeypatch):
+    """OpenVINO keeps a tile's buffers from the warm-up run, so they are in ``base_gb`` already
+    (``benchmarks/openvino_tile_memory.py``); PyTorch's are freed after each tile and added to the estimate."""
+    activations = 8.0 * 1024**3  # dominates the estimate's other terms
+    monkeypatch.setattr(ChunkedPredictor, "_tile_activation_bytes", lambda self: activations)
+    plans = standin_plans(spacing=(3.0, 6.0, 6.0), patch=(24, 16, 16))
+    above_base = {}
+    for cpu_openvino in (False, True):
+        chunked = ChunkedPredictor(standin_predictor(plans), ChunkSettings(chunk_mm=None, max_ram_gb=64),
+                                   cpu_openvino=cpu_openvino)
+        chunked.predict_image(real_ct_6mm)
+        above_base[cpu_openvino] = chunked.last_estimate_gb * 1024**3 - chunked.base_gb * 1024**3
+    # the whole estimate moves by the activations, up to the other terms of the max (< 0.1 GB for this scan)
+    assert above_base[False] - above_base[True] == pytest.approx(1.1 * activations, abs=0.1 * 1024**3)
