@@ -49,8 +49,8 @@ class ChunkBudgets:
 
     sums_on_device: bool = True  # per case: False where the GPU budget cannot hold one tile row's sums
     # True where the network keeps a tile's buffers from its warm-up run, so they are in ``base_gb`` already:
-    # OpenVINO does (benchmarks/openvino_tile_memory.py, real-size network: 2.23 GB after the warm-up tile and after
-    # two more), PyTorch frees them (0.72 GB after, 2.33 GB peak: ~ the 1.59 GB of :meth:`_tile_activation_bytes`)
+    # OpenVINO does (benchmarks/openvino_tile_memory.py, real-size network: no growth after the warm-up tile),
+    # PyTorch frees them (1.6 GB above its resident memory at the peak: ~ the 1.59 GB of :meth:`_tile_activation_bytes`)
     activations_in_base: bool = False
     last_estimate_gb: float | None = None  # the last case's estimated peak RSS (with a RAM budget)
 
