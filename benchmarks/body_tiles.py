@@ -11,7 +11,11 @@ tile counts are the plan's, the same code the predictor uses. Minutes per scan a
 time (``--seconds_per_tile``, default: this 2-core machine's default block of
 ``benchmarks/results/cpu_network_options_2core.jsonl``, run 1), ESTIMATED, without and with nnU-Net's 8 mirrors.
 
-    python benchmarks/body_tiles.py [--seconds_per_tile 8.03] [--seed 3]
+``--fov_mm D`` gives the scan a circular reconstructed field of view of D mm (the voxels outside it at
+-3024 HU, as scanners fill them): a large patient whose arms and flanks the circle cuts. The body of a cut
+slice is closed over the cut (``close_cut_slices``), which can only add tiles.
+
+    python benchmarks/body_tiles.py [--seconds_per_tile 8.03] [--seed 3] [--fov_mm 500]
 """
 
 import argparse
@@ -33,6 +37,8 @@ def main() -> None:
     parser.add_argument("--seconds_per_tile", type=float, default=8.03,
                         help="network seconds per tile for the estimate (default 8.03: nnU-Net's CPU path, 2 cores)")
     parser.add_argument("--seed", type=int, default=3, help="phantom seed (default 3)")
+    parser.add_argument("--fov_mm", type=float, default=None,
+                        help="diameter of a circular field of view that cuts the scan (default: none)")
     parser.add_argument("--no_results", action="store_true", help="do not append the JSON row")
     args = parser.parse_args()
 
@@ -55,6 +61,17 @@ def main() -> None:
     predictor.configuration_manager = cm
     started = time.perf_counter()
     ph = generate_phantom(seed=args.seed, fov="head_knee", spacing=(4.0, 4.0, SPACING_ZYX[0]))
+    cut_slices = 0  # slices of the 4 mm phantom where the circle leaves tissue (body or table) out
+    if args.fov_mm is not None:
+        import numpy as np
+
+        if args.fov_mm <= 0:
+            raise ValueError(f"--fov_mm must be > 0, got {args.fov_mm}")
+        y, x = np.indices(ph.ct.shape[1:], dtype=float)
+        outside = (((y + 0.5) * 4.0 - ph.ct.shape[1] * 2.0) ** 2 + ((x + 0.5) * 4.0 - ph.ct.shape[2] * 2.0) ** 2
+                   > (args.fov_mm / 2) ** 2)
+        cut_slices = int(np.count_nonzero((ph.ct[:, outside] > -300).any(axis=1)))
+        ph.ct[:, outside] = -3024
     coarse = body_region(ph.ct, (SPACING_ZYX[0], 4.0, 4.0), 0, 1, BodyCropSettings())
     scale = (1, IN_PLANE, IN_PLANE)
     shape = tuple(n * s for n, s in zip(ph.ct.shape, scale))
@@ -68,7 +85,8 @@ def main() -> None:
               "body_box": plan_case(predictor, grid, box, resampling).tiles_run,
               "body_mask": plan_case(predictor, grid, box, resampling, body).tiles_run}
     seconds = time.perf_counter() - started
-    row = {"scan_zyx": list(shape), "spacing_zyx": list(SPACING_ZYX), "patch": list(cm.patch_size),
+    row = {"scan_zyx": list(shape), "fov_mm": args.fov_mm, "slices_with_tissue_outside_fov": cut_slices,
+           "spacing_zyx": list(SPACING_ZYX), "patch": list(cm.patch_size),
            "plan_spacing": target, "network_grid": net, "tiles": counts,
            "ratio_whole_to_box": counts["nnunet_whole_scan"] / counts["body_box"],
            "ratio_whole_to_mask": counts["nnunet_whole_scan"] / counts["body_mask"],
@@ -77,7 +95,8 @@ def main() -> None:
            "estimated_min_8_mirrors": {k: round(v * 8 * args.seconds_per_tile / 60, 1) for k, v in counts.items()},
            "planning_seconds": round(seconds, 1), "cpus": os.cpu_count()}
     print(f"scan {shape} at {SPACING_ZYX} mm, plan patch {cm.patch_size} at {[round(s, 2) for s in target]} mm, "
-          f"network grid {net}")
+          f"network grid {net}" + (f", a {args.fov_mm:g} mm field of view leaves tissue (body or table) "
+                                    f"outside it in {cut_slices} of {ph.ct.shape[0]} slices" if args.fov_mm else ""))
     for name, n in counts.items():
         print(f"  {name:18s} {n:5d} tiles  ({counts['nnunet_whole_scan'] / n:.2f}x fewer than nnU-Net)  "
               f"~{n * args.seconds_per_tile / 60:.0f} min without mirroring, "

@@ -8,11 +8,13 @@ def body_mask(hu: np.ndarray, low_hu: float = -300.0, high_hu: float = 2000.0) -
 
     Per axial slice the voxels in [low_hu, high_hu] are taken and their holes filled (lungs,
     bowel gas), then the largest 3-D component is kept: the table and other objects that do
-    not touch the patient go. Raises ``ValueError`` when nothing is in the HU window.
+    not touch the patient go; slices where the field of view cuts the body are closed over the cut
+    (:func:`~nnunet_ctorg.inference.body_crop.close_cut_slices`). Raises ``ValueError`` when
+    nothing is in the HU window.
     """
     import cc3d
 
-    from nnunet_ctorg.inference.body_crop import BodyCropSettings, filled_slices
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, close_cut_slices, filled_slices
 
     if hu.ndim != 3:
         raise ValueError(f"body_mask needs a 3-D volume, got shape {hu.shape}")
@@ -21,4 +23,4 @@ def body_mask(hu: np.ndarray, low_hu: float = -300.0, high_hu: float = 2000.0) -
     mask = filled_slices(hu, (1.0, 1.0, 1.0), 0, settings)
     if not mask.any():
         raise ValueError(f"no voxel between {low_hu} and {high_hu} HU: no body found")
-    return cc3d.largest_k(mask, k=1, connectivity=6) > 0
+    return close_cut_slices(cc3d.largest_k(mask, k=1, connectivity=6) > 0, hu, (1.0, 1.0, 1.0), 0, settings)

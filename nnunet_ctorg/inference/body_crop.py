@@ -7,6 +7,10 @@ least ``depth_mm`` inside the component) is body: trunk, arms, legs and head do;
 whether its board is a thin dense plate or, after hole filling, a solid shell around a foam core, and
 neither do blankets and pads. (Choosing the largest component instead lets a table shell win in a leg
 or head section of the scan.)
+
+Where the scan's field of view cuts the body (large patients: the image edge, or the scanner's fill value
+outside the reconstructed circle; only the data inside that circle are valid, see vtk-dicom issue #27), a lung
+or bowel gas opens onto the cut and is no hole of its slice; :func:`close_cut_slices` adds it back.
 """
 
 from dataclasses import dataclass
@@ -26,6 +30,8 @@ class BodyCropSettings:
     soft_low_hu: float = -200.0
     soft_high_hu: float = 250.0
     depth_mm: float = 8.0
+    # below any air: the scanner's fill value outside the reconstructed circle (-2048, -3024, ...)
+    outside_fov_hu: float = -1500.0
     # chunked prediction: run only the tiles a voxel of the (widened) body mask needs, not all those of its box
     skip_tiles_outside_mask: bool = True
 
@@ -79,7 +85,45 @@ def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis
     soft_ml = np.bincount(components[deep], minlength=n + 1) * (float(np.prod(spacing)) / 1000.0)
     soft_ml[0] = 0
     keep = soft_ml >= max(settings.min_part_ml, 1e-9)
-    return keep[components]
+    return close_cut_slices(keep[components], hu, spacing, axial_axis, settings)
+
+
+def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], axial_axis: int,
+                     settings: BodyCropSettings = BodyCropSettings()) -> np.ndarray:
+    """``body`` with each axial slice where the field of view cuts it closed over the cut.
+
+    A slice is cut where a body voxel lies on the image edge or next to a voxel below ``outside_fov_hu`` (the
+    fill value outside the reconstructed circle). There each region of the field of view outside the body that
+    lies mostly inside the convex hull of the slice's body (a lung or bowel gas opened by the cut, up to the
+    circle) or is smaller than ``min_island_mm2`` (gas between the hull and the circle) is added. Air between
+    two body parts that the cut encloses is added too (in cut slices only): more tiles run, never fewer than
+    the body needs. A circle filled with air-like values (-1024) is not told from air: no cut is seen there.
+    Writes into ``body``.
+    """
+    import cc3d
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    in_plane = [s for a, s in enumerate(spacing) if a != axial_axis]
+    small = settings.min_island_mm2 / (in_plane[0] * in_plane[1])
+    b = np.moveaxis(body, axial_axis, 0)  # views: slices are written into ``body``
+    h = np.moveaxis(np.asarray(hu), axial_axis, 0)
+    edge = np.ones(b.shape[1:], bool)
+    edge[1:-1, 1:-1] = False
+    for z in range(b.shape[0]):
+        if not b[z].any():
+            continue
+        outside = h[z] < settings.outside_fov_hu
+        cut_line = edge | ndimage.binary_dilation(outside) if outside.any() else edge
+        if not (b[z] & cut_line).any():
+            continue
+        hull = convex_hull_image(b[z])
+        regions, n = cc3d.connected_components(~b[z] & ~outside, connectivity=4, return_N=True)
+        size = np.bincount(regions.ravel(), minlength=n + 1)
+        inside = (np.bincount(regions[hull], minlength=n + 1) * 2 >= size) | (size < small)
+        inside[0] = False
+        b[z] |= inside[regions]
+    return body
 
 
 def body_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float) -> tuple[slice, ...] | None:

@@ -75,6 +75,48 @@ def test_arms_beside_the_trunk_stay_in_a_chunk():
     assert np.all(mask[arms])
     trunk_only = body_contour(ph.ct[chunk], (6.0, 4.0, 4.0), settings=BodyCropSettings(min_part_ml=1e9))
     assert not np.all(trunk_only[arms])  # the arms are apart from the trunk here
+    from skimage.morphology import convex_hull_image
+
+    gap = [np.count_nonzero(convex_hull_image(m) & ~m) for m in mask]
+    assert min(gap) > 50  # the field of view cuts nothing: the air between arms and trunk stays out
+
+
+def _touches(outside: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return np.stack([ndimage.binary_dilation(o) & ~o for o in outside])
+
+
+def _real_ct_and_organs(real_ct_dir):
+    ct = sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz"))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_seg.nii.gz")))
+    return sitk.GetArrayFromImage(ct), seg, ct.GetSpacing()[::-1]
+
+
+@pytest.mark.parametrize("axis", [2, 1], ids=["left-right", "anterior-posterior"])
+def test_a_scan_cut_by_the_image_edge_keeps_what_the_cut_opens(real_ct_dir, axis):
+    # a large patient: the image edge cuts lungs, stomach and colon gas open, per-slice hole filling misses them
+    hu, seg, spacing = _real_ct_and_organs(real_ct_dir)
+    n = hu.shape[axis]
+    keep = tuple(slice(n // 5, n - n // 5) if a == axis else slice(None) for a in range(3))
+    hu, seg = hu[keep], seg[keep]
+    mask = body_contour(hu, spacing)
+    assert np.all(mask[seg > 0])
+    air = hu < -900
+    assert np.count_nonzero(air & ~mask) > 0.5 * np.count_nonzero(air)  # the air around the body stays out
+
+
+@pytest.mark.parametrize("radius", [32, 48])
+def test_a_circular_field_of_view_cutting_the_body_keeps_every_organ_voxel_in_it(real_ct_dir, radius):
+    # scanners fill the voxels outside the reconstructed circle with e.g. -3024 HU; here circles of 192, 288 mm
+    hu, seg, spacing = _real_ct_and_organs(real_ct_dir)
+    _, y, x = np.indices(hu.shape)
+    outside = (y - hu.shape[1] / 2) ** 2 + (x - hu.shape[2] / 2) ** 2 > radius ** 2
+    hu = np.where(outside, -3024, hu)
+    mask = body_contour(hu, spacing)
+    assert np.all(mask[(seg > 0) & ~outside]) and not mask[outside].any()
+    assert np.count_nonzero(seg[~outside] > 0) > 50000
+    assert (mask & _touches(outside)).any()  # the circle cuts the body
 
 
 def test_body_box_holds_the_body_and_its_margin_and_warns_without_a_body():

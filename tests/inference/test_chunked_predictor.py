@@ -420,6 +420,20 @@ def test_only_the_bodys_tiles_run_and_the_body_keeps_the_whole_scans_labels(scan
         assert mask_tiles < 0.8 * box_tiles < 0.8 * n_tiles
 
 
+def test_the_bodys_tiles_keep_the_organs_labels_where_the_image_edge_cuts_the_body(real_ct_dir):
+    # a large patient: the image edge cuts lungs, stomach and colon gas open (the real CT, 20 % off each side)
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings
+
+    ct = sitk.ReadImage(str(real_ct_dir / "example_ct_sm.nii.gz"))[24:98]
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_seg.nii.gz")))[:, :, 24:98]
+    predictor = standin_predictor(standin_plans(spacing=(5.0, 4.0, 4.0), patch=(16, 24, 24)))
+    whole = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=120)).predict_image(ct)
+    body = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=120), BodyCropSettings()).predict_image(ct)
+    lungs = np.isin(seg, [10, 11, 12, 13, 14])  # TotalSegmentator's five lobes
+    assert np.count_nonzero(whole[lungs]) > 1000  # the stand-in labels voxels of the lungs
+    assert np.array_equal(body[seg > 0], whole[seg > 0])
+
+
 def test_body_box_runs_every_tile_of_the_network_voxels_its_export_reads():
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
