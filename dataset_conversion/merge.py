@@ -93,7 +93,7 @@ def _ignore_unknown(labels: np.ndarray, image, missing: list[int], ignore_id: in
     if not missing and not partial:
         return labels, {}
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
-    unlabelled = (labels == 0) & body_mask(hu)
+    unlabelled = (labels == 0) & body_mask(hu, spacing=image.GetSpacing()[::-1])
     known_slices = known_slices or {}
     if missing and all(str(i) in known_slices for i in missing):
         # every missing organ is annotated on a slab (by a cropped copy of the scan): unknown only outside

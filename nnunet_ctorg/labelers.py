@@ -82,7 +82,7 @@ def label_lungs(hu: np.ndarray, spacing, mode: str = "paper", params: LungParame
     if mode == "improved":
         from nnunet_ctorg.body import body_mask
 
-        closed &= body_mask(np.asarray(hu, np.float32))
+        closed &= body_mask(np.asarray(hu, np.float32), spacing=spacing)
     components = cc3d.connected_components(closed, connectivity=26)
     closed[np.isin(components, _touching_slice_border(components))] = False  # step 3
     opened = opening(closed, params.opening_diameter_mm / 2, spacing)  # step 4
@@ -115,7 +115,7 @@ def label_bones(hu: np.ndarray, spacing, mode: str = "paper", params: BoneParame
     if mode == "improved":
         from nnunet_ctorg.body import body_mask
 
-        dense &= body_mask(np.asarray(hu, np.float32))
+        dense &= body_mask(np.asarray(hu, np.float32), spacing=spacing)
     components = cc3d.connected_components(dense, connectivity=26)
     if mode == "paper":
         keep = _largest(components, 1)  # step 2

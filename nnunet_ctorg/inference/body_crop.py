@@ -89,16 +89,17 @@ def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis
 
 
 def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], axial_axis: int,
-                     settings: BodyCropSettings = BodyCropSettings()) -> np.ndarray:
-    """``body`` with each axial slice where the field of view cuts it closed over the cut.
+                     settings: BodyCropSettings = BodyCropSettings(), rim_voxels: int = 2) -> np.ndarray:
+    """``body`` (boolean) with each axial slice where the field of view cuts it closed over the cut.
 
-    A slice is cut where a body voxel lies on the image edge or next to a voxel below ``outside_fov_hu`` (the
-    fill value outside the reconstructed circle). There each region of the field of view outside the body that
-    lies mostly inside the convex hull of the slice's body (a lung or bowel gas opened by the cut, up to the
-    circle) or is smaller than ``min_island_mm2`` (gas between the hull and the circle) is added. Air between
-    two body parts that the cut encloses is added too (in cut slices only): more tiles run, never fewer than
-    the body needs. A circle filled with air-like values (-1024) is not told from air: no cut is seen there.
-    Writes into ``body``.
+    The fill is the voxels below ``outside_fov_hu`` (the scanner's value outside the reconstructed circle), its
+    rim the ``rim_voxels`` next to it (partial volume where the scan was resampled). A slice is cut where a body
+    voxel lies on the image edge or next to the fill or its rim. There each region of the slice outside body,
+    fill and rim that lies mostly inside the convex hull of the slice's body (a lung or bowel gas opened by the
+    cut) or is smaller than ``min_island_mm2`` is added, and so is the rim within ``rim_voxels`` of what is body
+    then. A region mostly outside the hull (gas along much of the cut) is not added, nor is anything where the
+    fill is air-like (-1024): no cut is seen there but at the image edge. In a cut slice air between two body
+    parts that the cut encloses is added too: more tiles run, never fewer. Writes into ``body``.
     """
     import cc3d
     from scipy import ndimage
@@ -113,16 +114,22 @@ def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, flo
     for z in range(b.shape[0]):
         if not b[z].any():
             continue
-        outside = h[z] < settings.outside_fov_hu
-        cut_line = edge | ndimage.binary_dilation(outside) if outside.any() else edge
-        if not (b[z] & cut_line).any():
+        fill = h[z] < settings.outside_fov_hu
+        rim = np.zeros_like(fill)
+        if fill.any():
+            rim = ndimage.binary_dilation(fill, iterations=rim_voxels) & ~fill
+            if not (b[z] & (edge | ndimage.binary_dilation(fill | rim))).any():
+                continue
+        elif not (b[z] & edge).any():
             continue
         hull = convex_hull_image(b[z])
-        regions, n = cc3d.connected_components(~b[z] & ~outside, connectivity=4, return_N=True)
+        regions, n = cc3d.connected_components(~b[z] & ~fill & ~rim, connectivity=4, return_N=True)
         size = np.bincount(regions.ravel(), minlength=n + 1)
         inside = (np.bincount(regions[hull], minlength=n + 1) * 2 >= size) | (size < small)
         inside[0] = False
         b[z] |= inside[regions]
+        if rim.any():
+            b[z] |= rim & ndimage.binary_dilation(b[z], iterations=rim_voxels)
     return body
 
 
