@@ -248,6 +248,14 @@ def trained_agreement(model: Path, images: list[Path], fold: str, fast_path: str
             "all_classes_at_least_99_9_pct": all(v["equal_pct"] >= 99.9 for v in per_class.values())}
 
 
+def _cpu() -> dict:
+    """The CPU's model, core count and bf16 flags for the JSON row (per-tile times differ by CPU and day)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from cpu_network_options import cpu_facts
+
+    return cpu_facts()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=0,
@@ -278,7 +286,7 @@ def main() -> None:
     if args.trained_model:
         if not args.images:
             raise SystemExit("--trained_model needs --images")
-        row = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "trained_agreement":
+        row = {"date": time.strftime("%Y-%m-%d"), **_cpu(), "trained_agreement":
                trained_agreement(Path(args.trained_model), [Path(p) for p in args.images], args.fold,
                                  args.fast_path),
                "command": "python benchmarks/cpu_whole_body.py " + " ".join(sys.argv[1:])}
@@ -314,7 +322,7 @@ def main() -> None:
             for mode in rows:
                 if mode != "nnunet":
                     rows[mode]["labels"] = agreement(work, mode)
-    row = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), **scan, "spacing_zyx": SPACING_XYZ[::-1],
+    row = {"date": time.strftime("%Y-%m-%d"), **_cpu(), **scan, "spacing_zyx": SPACING_XYZ[::-1],
            "mirroring": False, "max_ram_gb": args.max_ram_gb, **rows,
            "command": "python benchmarks/cpu_whole_body.py " + " ".join(sys.argv[1:])}
     ref = rows.get("nnunet")
