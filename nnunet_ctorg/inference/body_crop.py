@@ -10,7 +10,9 @@ or head section of the scan.)
 
 Where the scan's field of view cuts the body (large patients: the image edge, or the scanner's fill value
 outside the reconstructed circle; only the data inside that circle are valid, see vtk-dicom issue #27), a lung
-or bowel gas opens onto the cut and is no hole of its slice; :func:`close_cut_slices` adds it back.
+or bowel gas opens onto the cut and is no hole of its slice; :func:`close_cut_slices` adds it back. Resampling
+blurs the circle's edge (dcm2niix issue #262: padding interpolated as if it were data), and converters may write
+the padding as air (vtk-dicom issue #173: NIfTI has no padding value), which no threshold tells from air.
 """
 
 from dataclasses import dataclass
