@@ -117,12 +117,11 @@ def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, flo
         if not b[z].any():
             continue
         fill = h[z] < settings.outside_fov_hu
-        rim = np.zeros_like(fill)
+        rim, cut_line = np.zeros_like(fill), edge
         if fill.any():
             rim = ndimage.binary_dilation(fill, iterations=rim_voxels) & ~fill
-            if not (b[z] & (edge | ndimage.binary_dilation(fill | rim))).any():
-                continue
-        elif not (b[z] & edge).any():
+            cut_line = edge | ndimage.binary_dilation(fill | rim)
+        if not (b[z] & cut_line).any():
             continue
         hull = convex_hull_image(b[z])
         regions, n = cc3d.connected_components(~b[z] & ~fill & ~rim, connectivity=4, return_N=True)
