@@ -41,6 +41,8 @@ def main() -> None:
                         help="diameter of a circular field of view that cuts the scan (default: none)")
     parser.add_argument("--no_results", action="store_true", help="do not append the JSON row")
     args = parser.parse_args()
+    if args.fov_mm is not None and args.fov_mm <= 0:
+        parser.error(f"--fov_mm must be > 0, got {args.fov_mm}")
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     with tempfile.TemporaryDirectory() as work:
@@ -65,8 +67,6 @@ def main() -> None:
     if args.fov_mm is not None:
         import numpy as np
 
-        if args.fov_mm <= 0:
-            raise ValueError(f"--fov_mm must be > 0, got {args.fov_mm}")
         y, x = np.indices(ph.ct.shape[1:], dtype=float)
         outside = (((y + 0.5) * 4.0 - ph.ct.shape[1] * 2.0) ** 2 + ((x + 0.5) * 4.0 - ph.ct.shape[2] * 2.0) ** 2
                    > (args.fov_mm / 2) ** 2)
