@@ -40,6 +40,7 @@ class OpenVINONetworks:
         total = np.prod(np.asarray(strides, dtype=np.int64), axis=0) if strides else np.asarray(patch_size)
         self.trace_shape = (1, int(n_channels), *[int(min(2 * t, p)) for t, p in zip(total, patch_size)])
         self._compiled: dict[int, tuple] = {}  # id(params) -> (params, infer request); params kept alive
+        self._core = None  # one OpenVINO Core, kept as long as the models it compiled (as OpenVINO's samples do)
 
     def network_for(self, params, network, threads: int):
         """A callable ``x -> logits`` (torch float32 tensors, on the CPU) running ``network`` with the fold weights
@@ -69,7 +70,9 @@ class OpenVINONetworks:
                 model = ov.convert_model(network, example_input=torch.zeros(self.trace_shape))
         finally:
             network.train(training)
-        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+        if self._core is None:
+            self._core = ov.Core()
+        compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                           "PERFORMANCE_HINT": "LATENCY",
                                                           "INFERENCE_NUM_THREADS": int(threads)})
         return compiled.create_infer_request()

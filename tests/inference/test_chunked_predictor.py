@@ -691,6 +691,32 @@ def test_cpu_openvino_keeps_a_trained_models_labels(tiny_model, real_ct_6mm):
     assert predictor.network.__class__.__name__ == "PlainConvUNet"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--cpu_openvino", "--cpu_bf16"])
+def test_the_command_with_a_cpu_option_writes_the_labels_and_exits_cleanly(tiny_model, real_ct_6mm, tmp_path,
+                                                                           option):
+    """What a user runs, in a process of its own: the option's libraries (OpenVINO, oneDNN's bf16 kernels) must also
+    let the interpreter finalize; pytest's own process skips that step (tests/conftest.py)."""
+    from nnunet_ctorg.inference.chunk_steps import cpu_bf16_supported
+    from nnunet_ctorg.inference.folder_prediction import load_predictor
+    from tests.conftest import nnunet_command
+
+    if option == "--cpu_bf16" and not cpu_bf16_supported():
+        pytest.skip("this CPU has no bfloat16 instructions")
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(real_ct_6mm, str(tmp_path / "in" / "ct_0000.nii.gz"))
+    out = tmp_path / "out"
+    proc = subprocess.run([nnunet_command("nnunet_ctorg_predict_chunked"), "-i", str(tmp_path / "in"), "-o",
+                           str(out), "-m", str(tiny_model), "-f", "0", "-device", "cpu", "--disable_tta",
+                           "--chunk_mm", "150", option], capture_output=True, text=True, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exact = ChunkedPredictor(load_predictor(tiny_model, [0], use_mirroring=False), ChunkSettings(chunk_mm=150))
+    reference = exact.predict_image(real_ct_6mm)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz")))
+    assert labels.shape == reference.shape and len(np.unique(reference)) >= 4
+    assert np.mean(labels == reference) >= 0.99  # the option's labels (bf16: ~99.7 % per organ, see README)
+
+
 def _peak_rss_of(args: list[str]) -> tuple[float, dict]:
     code = ("import sys, json; from nnunet_ctorg.inference.cli import predict_chunked_main; "
             "predict_chunked_main(sys.argv[1:])")
