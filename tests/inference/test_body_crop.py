@@ -141,6 +141,48 @@ def test_a_cut_is_closed_along_any_axial_axis(real_ct_dir, monkeypatch):
     assert np.array_equal(np.moveaxis(moved, 2, 0), closed)
 
 
+def test_a_cut_lung_leaking_through_a_diagonal_gap_of_the_wall_is_still_added():
+    # coarse grids (body_region works at 4 mm) leave body walls one voxel thick along a diagonal: the lung and
+    # the air around the body touch at corners only, and stay two regions (4-connected)
+    from nnunet_ctorg.inference.body_crop import close_cut_slices
+
+    body = np.zeros((1, 60, 60), bool)
+    body[0, 30:, :] = True  # the trunk, cut by the bottom image edge
+    lung = np.zeros_like(body)
+    lung[0, 35:, 20:40] = True  # opened by the cut
+    body &= ~lung
+    for k in range(5):  # a staircase of air through the wall: each step touches the next at a corner
+        body[0, 34 - k, 19 - k] = False
+    hu = np.where(body, 40.0, -1000.0)
+    closed = close_cut_slices(body.copy(), hu, (3.0, 1.0, 1.0), 0)
+    assert closed[lung].all()
+    assert not closed[0, :30].any()  # the air around the body stays out
+
+
+@pytest.mark.parametrize("axial_axis", [0, 2])
+def test_small_air_beside_a_cut_is_sized_in_the_slice_plane(axial_axis):
+    # 49 voxels of 2 x 2 mm, 196 mm²: small under min_island_mm2 = 250, not under 150; the 5 mm slice thickness
+    # does not count
+    from nnunet_ctorg.inference.body_crop import close_cut_slices
+
+    body = np.zeros((1, 60, 60), bool)
+    body[0, 40:, :] = True  # cut by the image edges
+    hu = np.where(body, 40.0, -1000.0)
+    hu[0, 9:11, :11] = hu[0, :11, 9:11] = -3024.0  # the scanner's fill walls off a corner of air, outside the hull
+    pocket = np.zeros_like(body)
+    pocket[0, :7, :7] = True  # within the fill's 2-voxel rim
+    spacing = (5.0, 2.0, 2.0)
+    move = (lambda a: np.moveaxis(a, 0, 2)) if axial_axis == 2 else (lambda a: a)
+    spacing = spacing[1:] + spacing[:1] if axial_axis == 2 else spacing
+    closed = close_cut_slices(move(body).copy(), move(hu), spacing, axial_axis, BodyCropSettings(min_island_mm2=250))
+    assert closed[move(pocket)].all()
+    air = np.zeros_like(body)
+    air[0, 13:40, 13:] = True  # the air above the body, mostly outside its hull
+    assert not closed[move(hu < -1500)].any() and not closed[move(air)].any()
+    closed = close_cut_slices(move(body).copy(), move(hu), spacing, axial_axis, BodyCropSettings(min_island_mm2=150))
+    assert not closed[move(pocket)].any()
+
+
 def test_body_box_holds_the_body_and_its_margin_and_warns_without_a_body():
     zz, yy, xx = np.mgrid[:100, :100, :100] * 2.0  # 2 mm voxels, 200 mm cube of air
     hu = np.full((100, 100, 100), -1000, np.int16)
