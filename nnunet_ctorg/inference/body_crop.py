@@ -12,7 +12,9 @@ Where the scan's field of view cuts the body (large patients: the image edge, or
 outside the reconstructed circle; only the data inside that circle are valid, see vtk-dicom issue #27), a lung
 or bowel gas opens onto the cut and is no hole of its slice; :func:`close_cut_slices` adds it back. Resampling
 blurs the circle's edge (dcm2niix issue #262: padding interpolated as if it were data), and converters may write
-the padding as air (vtk-dicom issue #173: NIfTI has no padding value), which no threshold tells from air.
+the padding as air (vtk-dicom issue #173: NIfTI has no padding value), which no threshold tells from air; there
+the padding is told by its constancy (:func:`air_like_padding`): air has noise, padding one value in every slice
+(TotalSegmentator's example CT in ``tests/data`` has such corners, -1023 in all 112 slices).
 """
 
 from dataclasses import dataclass
@@ -90,17 +92,41 @@ def body_contour(hu: np.ndarray, spacing: tuple[float, float, float], axial_axis
     return close_cut_slices(keep[components], hu, spacing, axial_axis, settings)
 
 
+PADDING_MIN_SLICES = 8  # fewer slices: a column of air could repeat one value by chance
+PADDING_TOLERANCE_HU = 2.0  # resampling leaves the padding's value a little off next to the circle
+PADDING_MIN_TISSUE_VALUES = 64  # fewer distinct tissue values in a slice: a scan without noise (synthetic)
+
+
+def air_like_padding(h: np.ndarray, below_hu: float, tissue_hu: tuple[float, float] = (-300.0, 2000.0)) -> np.ndarray:
+    """In-plane mask (of ``h``'s last two axes; slices along the first) of the positions whose value lies below
+    ``below_hu`` and stays within ``PADDING_TOLERANCE_HU`` of it in every slice: padding written as air outside
+    the reconstructed circle. Real air has noise (a scan clipped at -1024 keeps most air voxels above the clip).
+    All False under ``PADDING_MIN_SLICES`` slices, and for a scan without noise (its first slice has fewer than
+    ``PADDING_MIN_TISSUE_VALUES`` distinct values in ``tissue_hu``), where air and lungs repeat one value too.
+    Reads the volume slice by slice."""
+    first = np.asarray(h[0], np.float32)
+    same = first < below_hu
+    tissue = first[(first >= tissue_hu[0]) & (first <= tissue_hu[1])]
+    if h.shape[0] < PADDING_MIN_SLICES or np.unique(tissue).size < PADDING_MIN_TISSUE_VALUES:
+        return np.zeros_like(same)
+    for z in range(1, h.shape[0]):
+        if not same.any():
+            break
+        same &= np.abs(np.asarray(h[z], np.float32) - first) <= PADDING_TOLERANCE_HU
+    return same
+
+
 def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], axial_axis: int,
                      settings: BodyCropSettings = BodyCropSettings(), rim_voxels: int = 2) -> np.ndarray:
     """``body`` (boolean) with each axial slice where the field of view cuts it closed over the cut.
 
-    The fill is the voxels below ``outside_fov_hu`` (the scanner's value outside the reconstructed circle), its
-    rim the ``rim_voxels`` next to it (partial volume where the scan was resampled). A slice is cut where a body
+    The fill is the voxels below ``outside_fov_hu`` (the scanner's value outside the reconstructed circle) and
+    the padding written as air (:func:`air_like_padding`), its rim the ``rim_voxels`` next to it (partial volume
+    where the scan was resampled). A slice is cut where a body
     voxel lies on the image edge or next to the fill or its rim. There each region of the slice outside body,
     fill and rim that lies mostly inside the convex hull of the slice's body (a lung or bowel gas opened by the
     cut) or is smaller than ``min_island_mm2`` is added, and so is the rim within ``rim_voxels`` of what is body
-    then. A region mostly outside the hull (gas along much of the cut) is not added, nor is anything where the
-    fill is air-like (-1024): no cut is seen there but at the image edge. In a cut slice air between two body
+    then. A region mostly outside the hull (gas along much of the cut) is not added. In a cut slice air between two body
     parts that the cut encloses is added too: more tiles run, never fewer. Writes into ``body``.
     """
     import cc3d
@@ -113,10 +139,11 @@ def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, flo
     h = np.moveaxis(np.asarray(hu), axial_axis, 0)
     edge = np.ones(b.shape[1:], bool)
     edge[1:-1, 1:-1] = False
+    padding = air_like_padding(h, settings.low_hu, (settings.low_hu, settings.high_hu))
     for z in range(b.shape[0]):
         if not b[z].any():
             continue
-        fill = h[z] < settings.outside_fov_hu
+        fill = (h[z] < settings.outside_fov_hu) | padding
         rim, cut_line = np.zeros_like(fill), edge
         if fill.any():
             rim = ndimage.binary_dilation(fill, iterations=rim_voxels) & ~fill

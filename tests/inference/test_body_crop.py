@@ -106,16 +106,18 @@ def test_a_scan_cut_by_the_image_edge_keeps_what_the_cut_opens(real_ct_dir, axis
     assert np.count_nonzero(air & ~mask) > 0.5 * np.count_nonzero(air)  # the air around the body stays out
 
 
-@pytest.mark.parametrize("radius, blur", [(32, 0.0), (48, 0.0), (32, 0.8)])
-def test_a_circular_field_of_view_cutting_the_body_keeps_every_organ_voxel_in_it(real_ct_dir, radius, blur):
-    # scanners fill the voxels outside the reconstructed circle with e.g. -3024 HU (circles of 192, 288 mm);
-    # a resampled scan blurs that edge (blur: Gaussian sigma in voxels): its organ voxels 3 voxels in are kept
+@pytest.mark.parametrize("radius, blur, fill", [(32, 0.0, -3024), (48, 0.0, -3024), (32, 0.8, -3024),
+                                               (32, 0.0, -1024), (48, 0.0, -1024)])
+def test_a_circular_field_of_view_cutting_the_body_keeps_every_organ_voxel_in_it(real_ct_dir, radius, blur, fill):
+    # scanners fill the voxels outside the reconstructed circle with e.g. -3024 HU (circles of 192, 288 mm), some
+    # converters write it as air (-1024); a resampled scan blurs that edge (blur: Gaussian sigma in voxels): its
+    # organ voxels 3 voxels in are kept
     from scipy import ndimage
 
     hu, seg, spacing = _real_ct_and_organs(real_ct_dir)
     _, y, x = np.indices(hu.shape)
     outside = (y - hu.shape[1] / 2) ** 2 + (x - hu.shape[2] / 2) ** 2 > radius ** 2
-    hu = np.where(outside, -3024, hu).astype(np.float32)
+    hu = np.where(outside, fill, hu).astype(np.float32)
     inner = ~outside
     if blur:
         hu = ndimage.gaussian_filter(hu, (0, blur, blur))
@@ -123,6 +125,30 @@ def test_a_circular_field_of_view_cutting_the_body_keeps_every_organ_voxel_in_it
     mask = body_contour(hu, spacing)
     assert np.all(mask[(seg > 0) & inner]) and not mask[outside].any()
     assert np.count_nonzero(seg[inner] > 0) > 40000
+    assert (mask & _touches(outside)).any()  # the circle cuts the body
+
+
+@pytest.mark.parametrize("order", [1, 3], ids=["linear", "cubic spline"])
+def test_padding_written_as_air_is_told_from_air_in_a_resampled_scan(real_ct_dir, order):
+    # the padding repeats its value (within PADDING_TOLERANCE_HU) in every slice, air has noise; resampling (here
+    # to 0.83 of the size in-plane) blends the voxels next to the circle only
+    from scipy import ndimage
+
+    from nnunet_ctorg.inference.body_crop import PADDING_MIN_SLICES, air_like_padding
+
+    hu, seg, spacing = _real_ct_and_organs(real_ct_dir)
+    corners = np.count_nonzero(air_like_padding(hu, -300.0))  # the real CT's own padding: -1023 in its corners
+    assert 0 < corners < 0.01 * hu[0].size and not air_like_padding(hu[:PADDING_MIN_SLICES - 1], -300.0).any()
+    _, y, x = np.indices(hu.shape)
+    outside = (y - hu.shape[1] / 2) ** 2 + (x - hu.shape[2] / 2) ** 2 > 32 ** 2
+    zoom = (1, 0.83, 0.83)
+    hu = ndimage.zoom(np.where(outside, -1024, hu).astype(np.float32), zoom, order=order)
+    seg = ndimage.zoom(seg, zoom, order=0)
+    outside = ndimage.zoom(outside.astype(np.uint8), zoom, order=0) > 0
+    inner = ~np.stack([ndimage.binary_dilation(o, iterations=3) for o in outside])
+    assert np.count_nonzero(air_like_padding(hu, -300.0) & outside[0]) > 0.8 * np.count_nonzero(outside[0])
+    mask = body_contour(hu, (spacing[0], spacing[1] / 0.83, spacing[2] / 0.83))
+    assert np.count_nonzero(seg[inner] > 0) > 25000 and np.all(mask[(seg > 0) & inner])
     assert (mask & _touches(outside)).any()  # the circle cuts the body
 
 
