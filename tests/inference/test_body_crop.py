@@ -137,7 +137,7 @@ def test_padding_written_as_air_is_told_from_air_in_a_resampled_scan(real_ct_dir
     from nnunet_ctorg.inference.body_crop import PADDING_MIN_SLICES, air_like_padding
 
     hu, seg, spacing = _real_ct_and_organs(real_ct_dir)
-    corners = np.count_nonzero(air_like_padding(hu, -300.0))  # the real CT's own padding: -1023 in its corners
+    corners = np.count_nonzero(air_like_padding(hu, -300.0))  # the real CT's own padding, in its corners
     assert 0 < corners < 0.01 * hu[0].size and not air_like_padding(hu[:PADDING_MIN_SLICES - 1], -300.0).any()
     _, y, x = np.indices(hu.shape)
     outside = (y - hu.shape[1] / 2) ** 2 + (x - hu.shape[2] / 2) ** 2 > 32 ** 2
