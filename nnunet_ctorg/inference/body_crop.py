@@ -98,17 +98,17 @@ PADDING_TOLERANCE_HU = 2.0  # resampling leaves the padding's value a little off
 PADDING_MIN_TISSUE_VALUES = 64  # fewer distinct tissue values in a slice: a scan without noise (synthetic)
 
 
-def air_like_padding(h: np.ndarray, below_hu: float, tissue_hu: tuple[float, float] = (-300.0, 2000.0)) -> np.ndarray:
+def air_like_padding(h: np.ndarray, low_hu: float = -300.0, high_hu: float = 2000.0) -> np.ndarray:
     """In-plane mask (of ``h``'s last two axes; slices along the first) of the positions whose value lies below
-    ``below_hu`` and stays within ``PADDING_TOLERANCE_HU`` of it in every slice: padding written as air outside
-    the reconstructed circle. Real air has noise (a scan clipped at -1024 keeps most air voxels above the clip).
-    All False under ``PADDING_MIN_SLICES`` slices, and for a scan without noise (its middle slice has fewer than
-    ``PADDING_MIN_TISSUE_VALUES`` distinct values in ``tissue_hu``), where air and lungs repeat one value too.
-    Reads the volume slice by slice."""
+    ``low_hu`` (not body) and stays within ``PADDING_TOLERANCE_HU`` of it in every slice: padding written as air
+    outside the reconstructed circle. Real air has noise (a scan clipped at -1024 keeps most air voxels above the
+    clip). All False under ``PADDING_MIN_SLICES`` slices, and for a scan without noise (its middle slice has fewer
+    than ``PADDING_MIN_TISSUE_VALUES`` distinct values in ``[low_hu, high_hu]``), where air and lungs repeat one
+    value too. Reads the volume slice by slice."""
     first = np.asarray(h[0], np.float32)
-    same = first < below_hu
+    same = first < low_hu
     middle = np.asarray(h[h.shape[0] // 2])
-    tissue = middle[(middle >= tissue_hu[0]) & (middle <= tissue_hu[1])]
+    tissue = middle[(middle >= low_hu) & (middle <= high_hu)]
     if h.shape[0] < PADDING_MIN_SLICES or np.unique(tissue).size < PADDING_MIN_TISSUE_VALUES:
         return np.zeros_like(same)
     for z in range(1, h.shape[0]):
@@ -124,12 +124,12 @@ def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, flo
 
     The fill is the voxels below ``outside_fov_hu`` (the scanner's value outside the reconstructed circle) and
     the padding written as air (:func:`air_like_padding`), its rim the ``rim_voxels`` next to it (partial volume
-    where the scan was resampled). A slice is cut where a body
-    voxel lies on the image edge or next to the fill or its rim. There each region of the slice outside body,
-    fill and rim that lies mostly inside the convex hull of the slice's body (a lung or bowel gas opened by the
-    cut) or is smaller than ``min_island_mm2`` is added, and so is the rim within ``rim_voxels`` of what is body
-    then. A region mostly outside the hull (gas along much of the cut) is not added. In a cut slice air between two body
-    parts that the cut encloses is added too: more tiles run, never fewer. Writes into ``body``.
+    where the scan was resampled). A slice is cut where a body voxel lies on the image edge or next to the fill
+    or its rim. There each region of the slice outside body, fill and rim that lies mostly inside the convex hull
+    of the slice's body (a lung or bowel gas opened by the cut) or is smaller than ``min_island_mm2`` is added,
+    and so is the rim within ``rim_voxels`` of what is body then. A region mostly outside the hull (gas along
+    much of the cut) is not added. In a cut slice air between two body parts that the cut encloses is added
+    too: more tiles run, never fewer. Writes into ``body``.
     """
     import cc3d
     from scipy import ndimage
@@ -141,7 +141,7 @@ def close_cut_slices(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, flo
     h = np.moveaxis(np.asarray(hu), axial_axis, 0)
     edge = np.ones(b.shape[1:], bool)
     edge[1:-1, 1:-1] = False
-    padding = air_like_padding(h, settings.low_hu, (settings.low_hu, settings.high_hu))
+    padding = air_like_padding(h, settings.low_hu, settings.high_hu)
     for z in range(b.shape[0]):
         if not b[z].any():
             continue
