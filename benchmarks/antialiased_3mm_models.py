@@ -177,7 +177,7 @@ def main() -> None:
                 out = work / "predictions" / c / predictor / name
                 if predictor == "chunked":
                     cmd = ["nnunet_ctorg_predict_chunked", "-i", str(folder), "-o", str(out), "-m", str(model),
-                           "-f", "0", "-device", args.device, "--quiet"]
+                           "-f", "0", "-device", args.device, "--quiet", "--no_body_crop"]  # as nnU-Net
                 else:
                     cmd = ["nnUNetv2_predict", "-i", str(folder), "-o", str(out), "-d", str(DATASET_ID), "-c", budget,
                            "-f", "0", "-tr", TRAINER, "-p", PLANS, "-device", args.device, "-npp", "1", "-nps", "1"]

@@ -191,9 +191,15 @@ class BodyRegion:
 
     def __post_init__(self) -> None:
         # summed-area table of the mask, zero-padded in front: any voxel in a box is a difference of eight sums
-        table = np.zeros(tuple(n + 1 for n in self.mask.shape), np.int64)
-        table[1:, 1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
+        dtype = np.int32 if self.mask.size < 2**31 else np.int64
+        table = np.zeros(tuple(n + 1 for n in self.mask.shape), dtype)
+        table[1:, 1:, 1:] = self.mask.astype(dtype).cumsum(0, dtype=dtype).cumsum(1, dtype=dtype).cumsum(2, dtype=dtype)
         object.__setattr__(self, "_table", table)
+
+    @property
+    def nbytes(self) -> int:
+        """What the region holds while a case is predicted (its mask and summed-area table)."""
+        return int(self.mask.nbytes + self._table.nbytes)
 
     def any_in(self, ranges) -> bool:
         """Whether a body voxel lies in the original voxels ``[a, b)`` per array axis (``ranges``)."""

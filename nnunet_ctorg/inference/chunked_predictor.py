@@ -215,8 +215,9 @@ class ChunkedPredictor(ChunkBudgets):
             box = tuple(slice(0, n) for n in hu.shape) if body is None else body.box
             if not self.body_crop.skip_tiles_outside_mask:
                 body = None
-        # the CT (unless read slab by slab), its labels and the label image written (unless streamed)
+        # the CT (unless read slab by slab), its labels and the label image written (unless streamed), the body
         volume_bytes = int(np.prod(hu.shape)) * (hu.itemsize * in_memory + 2 * (not streamed))
+        volume_bytes += 0 if body is None else body.nbytes
         self.predict_array(hu, spacing, axial, labels, progress=progress, what=what, volume_bytes=volume_bytes,
                            body_box=box, probabilities=probabilities, body=body)
         return None if streamed else labels

@@ -9,10 +9,11 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="nnunet_ctorg_predict_chunked",
         description="Segment CTs of any length within a RAM budget with a trained nnU-Net model, with the labels "
-                    "nnUNetv2_predict gives. Each CT is processed in chunks along its cranio-caudal axis: nnU-Net's "
-                    "preprocessing and resampling at the whole scan's sample positions, nnU-Net's sliding-window "
-                    "tile grid of the whole scan run in chunks of tile rows (sums carried between chunks), TTA and "
-                    "folds as nnU-Net; no whole-scan float array is allocated. Flags follow nnUNetv2_predict.")
+                    "nnUNetv2_predict gives inside the body (everywhere with --no_body_crop). Each CT is processed "
+                    "in chunks along its cranio-caudal axis: nnU-Net's preprocessing and resampling at the whole "
+                    "scan's sample positions, nnU-Net's sliding-window tile grid of the whole scan run in chunks of "
+                    "tile rows (sums carried between chunks), TTA and folds as nnU-Net; no whole-scan float array "
+                    "is allocated. Flags follow nnUNetv2_predict.")
     parser.add_argument("-i", required=True, help="input folder of CTs with the model's file_ending (CASE_0000.nii.gz "
                         "as nnU-Net, or CASE.nii.gz; both for one case is an error), or, if it has none, of DICOM "
                         "CT series (a sub-folder per series, or mixed: case = sub-folder or PatientID_SeriesNumber)")
@@ -56,15 +57,20 @@ def predict_chunked_main(argv: list[str] | None = None) -> None:
                              "so that their logit sums, input and a tile's activations fit, and where one row of "
                              "tiles does not, the sums stay on the CPU while the network runs on the GPU. Default: "
                              "90 %% of the GPU memory free when a case starts")
-    parser.add_argument("--body_crop", action="store_true",
-                        help="run only the tiles the body needs (its mask is found once on a 4 mm copy of the scan "
-                             "and widened by --body_margin_mm; table, blankets and air stay out): inside the body "
-                             "the labels are exactly those without the crop, outside it background")
+    crop = parser.add_mutually_exclusive_group()
+    crop.add_argument("--body_crop", dest="body_crop", action="store_true", default=True,
+                      help="(default) run only the tiles the body needs: its mask is found once on a 4 mm copy of "
+                           "the scan and widened by --body_margin_mm (table, blankets and air stay out); inside "
+                           "it the labels are exactly nnUNetv2_predict's, outside it background. A scan without "
+                           "a body (too little deep soft tissue) is predicted whole, with a warning")
+    crop.add_argument("--no_body_crop", dest="body_crop", action="store_false",
+                      help="run every tile of the scan, as nnUNetv2_predict: its labels everywhere, table and air "
+                           "included (about twice the network time of a whole-body CT)")
     parser.add_argument("--body_margin_mm", type=float, default=10.0, help="margin around the body in mm (default 10)")
     parser.add_argument("--body_tiles", choices=["mask", "box"], default="mask",
-                        help="with --body_crop: run the tiles a voxel of the body mask needs (default), or all those "
-                             "of one box around it (more tiles; nnU-Net's labels in the whole box, e.g. between "
-                             "the legs and beside the neck)")
+                        help="with the body crop: run the tiles a voxel of the body mask needs (default), or all "
+                             "those of one box around it (more tiles; nnU-Net's labels in the whole box, e.g. "
+                             "between the legs and beside the neck)")
     parser.add_argument("--cpu_bf16", action="store_true",
                         help="-device cpu: run the network in bfloat16 (torch.autocast) where the CPU has bf16 "
                              "instructions (AVX512-BF16, AMX): ~2.2x faster per tile on a 2-core Xeon, but the labels "

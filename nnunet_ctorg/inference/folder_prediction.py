@@ -163,7 +163,7 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
     write_text_atomic(json.dumps(chunked.predictor.dataset_json, indent=2), out_dir / "dataset.json")
     write_text_atomic(json.dumps(chunked.predictor.plans_manager.plans, indent=2), out_dir / "plans.json")
     summary: dict = {"predicted": [], "skipped": [], "failed": {}, "seconds": {}, "estimated_peak_gb": {},
-                     "tiles_run": {}, "notes": notes}
+                     "tiles_run": {}, "notes": notes, "body_crop": _body_crop_setting(chunked)}
     for name in tqdm(sorted(cases)[part_id::num_parts], desc="cases", unit="case", disable=not progress):
         if continue_prediction and all(t.is_file() for t in options.targets(name)):
             summary["skipped"].append(name)
@@ -178,11 +178,19 @@ def predict_folder(chunked: ChunkedPredictor, in_dir: str | Path, out_dir: str |
         summary["seconds"][name] = round(time.perf_counter() - started, 2)
         if chunked.last_estimate_gb is not None:
             summary["estimated_peak_gb"][name] = round(chunked.last_estimate_gb, 3)
-        summary["tiles_run"][name] = list(chunked.last_tiles)  # [run, of nnU-Net's whole-scan grid] per fold
+        summary["tiles_run"][name] = list(chunked.last_tiles)  # [tiles run, of nnU-Net's whole-scan grid] per fold
     summary["peak_rss_gb"] = round(peak_rss_gb(), 3)
     summary["base_rss_gb"] = round(chunked.base_gb, 3)
     write_text_atomic(json.dumps(summary, indent=2), out_dir / f"chunked_prediction_summary_part{part_id}.json")
     return summary
+
+
+def _body_crop_setting(chunked: ChunkedPredictor) -> dict | None:
+    """What the summary records of the body crop: ``None`` (every tile run), or its margin and tile rule."""
+    crop = chunked.body_crop
+    if crop is None:
+        return None
+    return {"margin_mm": crop.margin_mm, "tiles": "mask" if crop.skip_tiles_outside_mask else "box"}
 
 
 def _folder_cases(in_dir: Path, file_ending: str, output_type: str) -> tuple[dict, list[str]]:

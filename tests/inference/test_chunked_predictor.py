@@ -327,6 +327,23 @@ def test_ram_budget_chooses_the_rows_or_fails_with_what_is_needed(real_ct_6mm):
         ChunkedPredictor(predictor, ChunkSettings(chunk_mm=None, max_ram_gb=roomy.base_gb)).predict_image(real_ct_6mm)
 
 
+def test_ram_budget_counts_what_the_body_crop_holds(head_knee_6mm):
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings, body_region
+    from nnunet_ctorg.inference.chunk_budgets import ESTIMATE_MARGIN
+
+    predictor = standin_predictor(standin_plans(spacing=(6.0, 6.0, 6.0), patch=(32, 32, 32)))
+    hu = sitk.GetArrayViewFromImage(head_knee_6mm)
+    body = body_region(hu, head_knee_6mm.GetSpacing()[::-1], 0, 1, BodyCropSettings())
+    # the coarse mask and its summed-area table (int32: 4 bytes a voxel, plus a zero plane in front per axis)
+    assert body.nbytes == body.mask.size + 4 * int(np.prod([n + 1 for n in body.mask.shape]))
+    estimates = []
+    for crop in (None, BodyCropSettings()):
+        chunked = ChunkedPredictor(predictor, ChunkSettings(chunk_mm=60, max_ram_gb=64), crop)
+        chunked.base_gb = 1.0  # as measured before the case: the same for both
+        chunked.predict_image(head_knee_6mm)
+        estimates.append(chunked.last_estimate_gb)
+    assert estimates[1] - estimates[0] == pytest.approx(ESTIMATE_MARGIN * body.nbytes / 1024**3, rel=1e-9)
+
 
 def test_ram_budget_counts_the_probabilities(real_ct_6mm, tmp_path):
     from nnunet_ctorg.inference.probability_export import ProbabilityWriter
@@ -697,6 +714,7 @@ def test_the_command_with_a_cpu_option_writes_the_labels_and_exits_cleanly(tiny_
                                                                            option):
     """What a user runs, in a process of its own: the option's libraries (OpenVINO, oneDNN's bf16 kernels) must also
     let the interpreter finalize; pytest's own process skips that step (tests/conftest.py)."""
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings
     from nnunet_ctorg.inference.chunk_steps import cpu_bf16_supported
     from nnunet_ctorg.inference.folder_prediction import load_predictor
     from tests.conftest import nnunet_command
@@ -710,7 +728,8 @@ def test_the_command_with_a_cpu_option_writes_the_labels_and_exits_cleanly(tiny_
                            str(out), "-m", str(tiny_model), "-f", "0", "-device", "cpu", "--disable_tta",
                            "--chunk_mm", "150", option], capture_output=True, text=True, env=dict(os.environ))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    exact = ChunkedPredictor(load_predictor(tiny_model, [0], use_mirroring=False), ChunkSettings(chunk_mm=150))
+    exact = ChunkedPredictor(load_predictor(tiny_model, [0], use_mirroring=False), ChunkSettings(chunk_mm=150),
+                             BodyCropSettings())  # the command's default
     reference = exact.predict_image(real_ct_6mm)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct.nii.gz")))
     assert labels.shape == reference.shape and len(np.unique(reference)) >= 4
