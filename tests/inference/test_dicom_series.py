@@ -121,7 +121,9 @@ def test_same_folder_names_of_two_patients_become_two_cases(real_ct_small, tmp_p
     assert SeriesVolume(series["CT_1.2.3.12"]).shape[0] == 10
 
 
-def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, tmp_path, monkeypatch):
+@pytest.mark.parametrize("body_crop", [False, True], ids=["every tile", "body crop (the command's default)"])
+def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, tmp_path, monkeypatch, body_crop):
+    from nnunet_ctorg.inference.body_crop import BodyCropSettings
     from nnunet_ctorg.inference.chunked_predictor import ChunkedPredictor, ChunkSettings
     from nnunet_ctorg.inference.folder_prediction import predict_folder
     from tests.inference.standin import standin_plans, standin_predictor
@@ -132,13 +134,15 @@ def test_dicom_input_gives_the_labels_of_the_same_scan_as_nifti(real_ct_small, t
     sitk.WriteImage(real_ct_small, str(tmp_path / "nifti" / "abdomen_0000.nii.gz"))
     # at the model's spacing: a chunk reads its own slices only (resampling would add the spline's margins)
     chunked = ChunkedPredictor(standin_predictor(standin_plans(spacing=(3.0, 6.0, 6.0), patch=(8, 16, 16))),
-                               ChunkSettings(chunk_mm=24))
+                               ChunkSettings(chunk_mm=24), BodyCropSettings() if body_crop else None)
     read = []
     original = SeriesVolume.__getitem__
     monkeypatch.setattr(SeriesVolume, "__getitem__", lambda self, index: (read.append(original(self, index)),
                                                                           read[-1])[1])
     summary = predict_folder(chunked, tmp_path / "dicom", tmp_path / "out_dicom", progress=False)
-    assert read and max(len(block) for block in read) < real_ct_small.GetDepth()  # slab by slab, never whole
+    # slab by slab, never whole: the body mask alone reads every slice, once, subsampled to 4 mm where it can
+    whole = [block for block in read if len(block) == real_ct_small.GetDepth()]
+    assert read and len(whole) == body_crop and len(read) > 1 + body_crop
     assert summary["predicted"] == ["abdomen"] and "not CT; refused" in summary["failed"]["abdomen_mr"]
     predict_folder(chunked, tmp_path / "nifti", tmp_path / "out_nifti", progress=False)
     from_dicom = sitk.ReadImage(str(tmp_path / "out_dicom" / "abdomen.nii.gz"))
