@@ -94,7 +94,7 @@ class ChunkedPredictor(ChunkBudgets):
     Args:
         predictor: ``nnUNetPredictor`` after ``initialize_from_trained_model_folder``.
         chunks: chunk length / RAM budget.
-        body_crop: crop the scan in-plane to the body before predicting (``None``: no crop).
+        body_crop: run only the tiles the body needs, background outside it (``None``: every tile, as nnU-Net).
         cpu_bf16: on the CPU, run the network in bfloat16 (``torch.autocast``): faster where the CPU has bf16
             instructions (AVX512-BF16, AMX), but the labels are not exactly nnU-Net's (opt-in; see
             ``benchmarks/cpu_whole_body.py`` for the agreement).
